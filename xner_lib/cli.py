@@ -33,7 +33,8 @@ def _validate(args: argparse.Namespace) -> int:
     for etype in sorted(ents):
         print(f"  {etype}: {ents[etype]}")
     repaired = sum(ds.repaired_orphans.values())
-    print(f"orphan I- repaired to B-: {repaired}" + (f" ({dict(sorted(ds.repaired_orphans.items()))})" if repaired else ""))
+    detail = f" ({dict(sorted(ds.repaired_orphans.items()))})" if repaired else ""
+    print(f"orphan I- repaired to B-: {repaired}{detail}")
     return 0
 
 

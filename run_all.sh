@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Run every notebook of one profile headlessly with papermill, in order; or (--test) run the test suite.
+#
+#   ./run_all.sh [--profile smoke|cpu|paper] [--test] [-- extra papermill args]
+#
+# With no active virtual environment (or conda environment other than base) it creates .venv here and
+# installs the package into it (again whenever pyproject.toml changes), then registers the Jupyter kernel
+# "xner". Executed notebooks go to results/<profile>/notebooks/; the first failure stops the run with a
+# non-zero exit and keeps the failed notebook, with its error, there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+profile=cpu
+run_tests=0
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="${2:?--profile needs a value: smoke, cpu or paper}"; shift 2 ;;
+    --profile=*) profile="${1#*=}"; shift ;;
+    --test) run_tests=1; shift ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$profile" in smoke|cpu|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, cpu, paper)" >&2; exit 2 ;; esac
+
+# --- environment -------------------------------------------------------------------------------------
+active=""
+if [ -n "${VIRTUAL_ENV:-}" ]; then active="$VIRTUAL_ENV";
+elif [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-base}" != "base" ]; then active="$CONDA_PREFIX"; fi
+if [ -z "$active" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo ">> creating .venv"
+    python3 -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+stamp="$(python -c 'import sys; print(sys.prefix)')/.xner-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c 'import xner_lib' 2>/dev/null; then
+  echo ">> installing xner_lib and its pinned dependencies into $(python -c 'import sys; print(sys.prefix)')"
+  python -m pip install --upgrade --quiet pip
+  python -m pip install --quiet -e ".[dev]"
+  python -m ipykernel install --sys-prefix --name xner --display-name "Python (xner)" >/dev/null
+  echo "$want" > "$stamp"
+fi
+
+if [ "$run_tests" = 1 ]; then
+  exec python -m pytest "${extra[@]}"
+fi
+
+# --- notebooks ---------------------------------------------------------------------------------------
+out="results/$profile/notebooks"
+mkdir -p "$out"
+names=(); statuses=(); secs=()
+rc=0
+for nb in notebooks/[0-9]*.ipynb; do
+  name="$(basename "$nb")"
+  echo ">> $name ($profile)"
+  start=$(date +%s)
+  if papermill "$nb" "$out/$name" -k xner -f "configs/$profile.yaml" --cwd . "${extra[@]}"; then
+    status=ok
+  else
+    status=FAILED; rc=1
+  fi
+  names+=("$name"); statuses+=("$status"); secs+=("$(( $(date +%s) - start ))")
+  [ "$rc" = 0 ] || break
+done
+
+echo
+printf '%-28s %-8s %8s\n' notebook status seconds
+for i in "${!names[@]}"; do printf '%-28s %-8s %8s\n' "${names[$i]}" "${statuses[$i]}" "${secs[$i]}"; done
+if [ "$rc" != 0 ]; then
+  echo "run_all.sh: stopped at the first failure; the failed notebook, with its error, is $out/${names[-1]}" >&2
+fi
+exit "$rc"

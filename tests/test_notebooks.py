@@ -1,0 +1,32 @@
+"""The smoke profile of each notebook, executed through papermill as run_all.sh does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import papermill as pm
+import pytest
+
+from xner_lib.config import REPO_ROOT, load_profile
+
+
+def _run(name: str, tmp_path: Path) -> Path:
+    params = load_profile("smoke") | {"results_root": str(tmp_path)}
+    out = tmp_path / name
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / name), str(out), parameters=params,
+                        kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
+    return tmp_path / "results" / "smoke"
+
+
+@pytest.mark.slow
+def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path) -> None:
+    res = _run("01_data.ipynb", tmp_path)
+    t1 = pd.read_csv(res / "tables" / "table1.csv")
+    assert {"dataset", "split", "sentences", "tokens", "entities", "paper"} <= set(t1.columns)
+    got = {(r.dataset, r.split): r.sentences for r in t1.itertuples()}
+    assert got[("conll2003", "train")] == 14041 and got[("weibo", "test")] == 270
+    assert got[("peoples_daily", "test")] == 4636
+    assert (res / "tables" / "table1.md").read_text().startswith("| dataset")
+    for fig in ("entity_types.png", "sentence_lengths.png"):
+        assert (res / "figures" / fig).stat().st_size > 5000

@@ -1,0 +1,127 @@
+"""Tables and figures of the paper's experiments section, computed from files and runs.
+
+Every table is a :class:`pandas.DataFrame` with a ``paper`` column beside ours, written as CSV and
+Markdown by :func:`write_table`; figures are written as PNG by :func:`save_figure`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .data import CORPUS_FILES, DataFile, Dataset, read_file  # noqa: E402
+from .paper import TABLE1  # noqa: E402
+
+
+def read_corpora(data_dir: Path, files: Iterable[DataFile] = CORPUS_FILES) -> list[Dataset]:
+    """Read every corpus file present in ``data_dir`` (optional files that are absent are skipped,
+    a missing required file raises ``FileNotFoundError`` naming it)."""
+    out = []
+    for f in files:
+        path = data_dir / f.relpath
+        if not path.is_file():
+            if f.required:
+                raise FileNotFoundError(f"{path}: required corpus file missing (see README, Data)")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # repairs are counted on the dataset and shown in Table 1
+            out.append(read_file(path, f.format, name=f.name, split=f.split))
+    return out
+
+
+def table1(datasets: Iterable[Dataset]) -> pd.DataFrame:
+    """Table 1 (dataset statistics) from the files: sentences, tokens, entities, per-type counts, docs and
+    repaired orphan ``I-`` tags, with the paper's figure and what it counts beside ours."""
+    rows = []
+    for ds in datasets:
+        ents = ds.entity_counts()
+        paper, unit = TABLE1.get((ds.name, ds.split), (None, ""))
+        rows.append({
+            "dataset": ds.name,
+            "split": ds.split,
+            "sentences": len(ds),
+            "tokens": ds.n_tokens,
+            "entities": sum(ents.values()),
+            "docs": ds.docs,
+            "orphans_repaired": sum(ds.repaired_orphans.values()),
+            "entities_per_type": ", ".join(f"{k} {v}" for k, v in sorted(ents.items())),
+            "paper": paper,
+            "paper_counts": unit,
+        })
+    return pd.DataFrame(rows)
+
+
+def entity_distribution(datasets: Iterable[Dataset]) -> pd.DataFrame:
+    """Entity counts per (dataset, split, type), long format."""
+    rows = [{"dataset": ds.name, "split": ds.split, "type": t, "entities": n}
+            for ds in datasets for t, n in sorted(ds.entity_counts().items())]
+    return pd.DataFrame(rows)
+
+
+def sentence_lengths(datasets: Iterable[Dataset]) -> pd.DataFrame:
+    """One row per sentence: dataset, split and length in tokens (words or characters)."""
+    rows = [{"dataset": ds.name, "split": ds.split, "length": len(s)} for ds in datasets for s in ds]
+    return pd.DataFrame(rows)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``df`` as ``name.csv`` and ``name.md`` under ``directory`` (atomically); return both paths."""
+    directory = Path(directory)
+    csv, md = directory / f"{name}.csv", directory / f"{name}.md"
+    _atomic_write_text(csv, df.to_csv(index=False))
+    _atomic_write_text(md, df.to_markdown(index=False) + "\n")
+    return csv, md
+
+
+def save_figure(fig: plt.Figure, directory: str | Path, name: str) -> Path:
+    """Save ``fig`` as ``name.png`` under ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_entity_distribution(dist: pd.DataFrame) -> plt.Figure:
+    """Bar chart of entity counts per type, one panel per dataset, splits side by side."""
+    names = list(dict.fromkeys(dist["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        sub = dist[dist["dataset"] == name].pivot(index="type", columns="split", values="entities").fillna(0)
+        sub.plot.bar(ax=ax, rot=45)
+        ax.set_title(name)
+        ax.set_ylabel("entities")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sentence_lengths(lengths: pd.DataFrame, bins: int = 40) -> plt.Figure:
+    """Histograms of sentence length (tokens) per dataset, splits overlaid."""
+    names = list(dict.fromkeys(lengths["dataset"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        sub = lengths[lengths["dataset"] == name]
+        for split, grp in sub.groupby("split", sort=False):
+            ax.hist(grp["length"], bins=bins, alpha=0.5, label=str(split), density=True)
+        ax.set_title(f"{name} (tokens per sentence)")
+        ax.set_xlabel("length")
+        ax.legend()
+    fig.tight_layout()
+    return fig
