@@ -137,6 +137,7 @@ def test_padded_batch_decodes_each_sentence_to_its_length_and_as_if_alone():
     assert states.shape == (4, 5, 10) and torch.all(states[~mask] == 0)
     tags = head.decode_tags(feats, mask)
     assert all(t in MODEL_LABELS for seq in tags for t in seq)
+    assert head.decode(feats.half(), mask) == head.decode(feats.half().float(), mask)  # fp16 cached features
 
 
 def _cue_tags(words: list[int]) -> list[int]:

@@ -205,10 +205,11 @@ class BiLstmCrfHead(nn.Module):
         """BiLSTM states ``h_t`` of section 3.4: ``features [B,U,H] -> [B,U,2*lstm_hidden]``.
 
         Projection to ``proj_dim`` (Table 2), dropout, a BiLSTM over packed sequences (padding never
-        enters a state), dropout. States at padded positions are zero.
+        enters a state), dropout. States at padded positions are zero. Features in another floating
+        dtype (fp16 from the feature cache) are cast to the head's dtype.
         """
         lengths = self._check(features, mask)
-        x = self.dropout(self.project(features))
+        x = self.dropout(self.project(features.to(self.project.weight.dtype)))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=features.shape[1])
