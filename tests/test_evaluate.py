@@ -1,0 +1,154 @@
+"""Entity-level scoring under the corpus views, and the metrics.json record (DESIGN.md, Evaluation)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xner_lib import evaluate
+from xner_lib.data.corpus import Dataset, Sentence
+from xner_lib.evaluate import score, score_dataset, score_views, write_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_orphan_inside_start_counts_in_conlleval_but_not_strict():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    pred = [["I-PER", "I-PER", "O", "B-LOC"]]
+    s = score(gold, pred)
+    # strict IOB2: "I-PER I-PER" is no entity; only LOC is predicted, and it is right
+    assert (s["strict"]["n_pred"], s["strict"]["n_correct"], s["strict"]["support"]) == (1, 1, 2)
+    assert s["strict"]["precision"] == 1.0 and s["strict"]["recall"] == 0.5
+    assert s["strict"]["f1"] == pytest.approx(2 / 3)
+    # conlleval: "I-PER I-PER" opens PER at 0-1, which matches the gold PER
+    assert s["conlleval"]["precision"] == s["conlleval"]["recall"] == s["conlleval"]["f1"] == 1.0
+
+
+def test_type_switch_inside_an_entity_splits_it_only_in_conlleval():
+    s = score([["B-PER", "O"]], [["B-PER", "I-LOC"]])
+    assert s["strict"]["f1"] == 1.0  # the orphan I-LOC is dropped; B-PER alone matches
+    assert s["conlleval"]["n_pred"] == 2 and s["conlleval"]["precision"] == 0.5  # I-LOC opens a LOC
+    assert set(s["per_type_conlleval"]) == {"PER", "LOC"} and set(s["per_type"]) == {"PER"}
+
+
+def test_per_type_and_micro_numbers_by_hand():
+    gold = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG"], ["B-LOC", "O"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-ORG"], ["B-LOC", "O"]]
+    s = score(gold, pred)
+    pt = s["per_type"]
+    assert pt["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1, "n_pred": 1, "n_correct": 1}
+    assert (pt["LOC"]["precision"], pt["LOC"]["recall"], pt["LOC"]["support"]) == (1.0, 0.5, 2)
+    assert pt["LOC"]["f1"] == pytest.approx(2 / 3)
+    assert (pt["ORG"]["precision"], pt["ORG"]["recall"], pt["ORG"]["n_pred"]) == (0.5, 1.0, 2)
+    assert s["strict"]["precision"] == s["strict"]["recall"] == s["strict"]["f1"] == 0.75  # 3 of 4 each way
+    assert (s["n_sentences"], s["n_tokens"]) == (2, 8)
+
+
+def test_no_entities_anywhere_scores_zero_without_warnings(recwarn):
+    s = score([["O", "O"]], [["O", "O"]])
+    assert s["strict"]["f1"] == 0.0 and s["per_type"] == {}
+    assert not recwarn.list
+
+
+def test_misc_predictions_are_ignored_on_chinese_but_not_on_conll():
+    gold = [["B-PER", "I-PER", "O"]]
+    pred = [["B-PER", "I-PER", "B-MISC"]]
+    pd = score_views(gold, pred, "peoples_daily")
+    assert list(pd) == ["peoples_daily"] and pd["peoples_daily"]["strict"]["precision"] == 1.0
+    conll = score_views(gold, pred, "conll")
+    assert conll["conll"]["strict"]["precision"] == 0.5 and "MISC" in conll["conll"]["per_type"]
+    weibo = score_views([["B-PER.NAM", "I-PER.NAM", "O"]], pred, "weibo")
+    assert all(v["strict"]["precision"] == 1.0 for v in weibo.values())
+
+
+def test_weibo_nominal_mentions_drop_from_primary_view_and_count_in_nam_nom():
+    gold = [["B-PER.NOM", "I-PER.NOM", "O", "B-GPE.NAM", "I-GPE.NAM"]]
+    pred = [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"]]
+    views = score_views(gold, pred, "weibo")
+    assert list(views) == ["weibo_nam", "weibo_nam_nom"] and evaluate.primary_view("weibo") == "weibo_nam"
+    nam, nom = views["weibo_nam"]["strict"], views["weibo_nam_nom"]["strict"]
+    assert (nam["support"], nam["n_pred"], nam["precision"], nam["recall"]) == (1, 2, 0.5, 1.0)  # GPE -> LOC
+    assert (nom["support"], nom["precision"], nom["recall"]) == (2, 1.0, 1.0)
+
+
+def test_score_dataset_reads_gold_and_format_from_the_dataset():
+    sents = [Sentence(["王", "小", "明"], ["B-PER.NAM", "I-PER.NAM", "I-PER.NAM"], [1, 2, 3]),
+             Sentence(["北", "京"], ["B-GPE.NOM", "I-GPE.NOM"], [5, 6])]
+    ds = Dataset("weibo", "test", "weibo", Path("test.txt"), sents)
+    out = score_dataset(ds, [["B-PER", "I-PER", "I-PER"], ["B-MISC", "I-MISC"]])
+    assert out["weibo_nam"]["strict"]["f1"] == 1.0
+    assert out["weibo_nam_nom"]["strict"]["recall"] == 0.5
+
+
+def test_misaligned_predictions_raise_naming_the_sentence():
+    gold = [["O"], ["B-PER", "O"], ["O"]]
+    with pytest.raises(ValueError, match="gold has 3 sentences but predictions have 2"):
+        score(gold, gold[:2])
+    with pytest.raises(ValueError, match="sentence 1: gold has 2 tags but the prediction has 1"):
+        score(gold, [["O"], ["B-PER"], ["O"]])
+    with pytest.raises(ValueError, match="sentence 2"):
+        score_views(gold, [["O"], ["B-PER", "O"], ["O", "O"]], "peoples_daily")
+    with pytest.raises(ValueError, match="unknown corpus format"):
+        score_views(gold, gold, "ontonotes")
+
+
+@dataclass
+class _Cfg:
+    lr: float
+    out: Path
+
+
+def test_metrics_json_records_run_code_and_environment(tmp_path):
+    scores = {"peoples_daily": score([["B-PER", "O"]], [["B-PER", "O"]]), "loss": float("nan")}
+    rec = write_metrics(tmp_path / "runs" / "seed0", variant="baseline", encoder="e5-small-offline", seed=np.int64(0),
+                        config={"head": _Cfg(4e-5, Path("x/y")), "dims": (100, 200), "w": np.float32(0.5)},
+                        scores=scores, extra={"minutes": 1.5}, repo_dir=REPO)
+    path = tmp_path / "runs" / "seed0" / "metrics.json"
+    on_disk = json.loads(path.read_text(encoding="utf-8"))
+    assert on_disk == rec
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary file left
+    assert {"variant", "encoder", "seed", "config", "scores", "extra", "git", "versions", "timestamp_utc"} <= set(rec)
+    assert rec["seed"] == 0 and rec["variant"] == "baseline" and rec["extra"] == {"minutes": 1.5}
+    assert rec["config"] == {"head": {"lr": 4e-5, "out": "x/y"}, "dims": [100, 200], "w": 0.5}
+    assert rec["scores"]["loss"] is None  # strict JSON: NaN is recorded as null
+    assert rec["scores"]["peoples_daily"]["strict"]["f1"] == 1.0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert rec["git"]["commit"] == head and isinstance(rec["git"]["dirty"], bool)
+    assert set(rec["versions"]) == {"torch", "transformers", "pytorch-crf", "seqeval", "numpy", "python"}
+    assert rec["versions"]["seqeval"] == "1.2.2"
+    assert datetime.strptime(rec["timestamp_utc"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_metrics_outside_a_repository_say_unknown(tmp_path):
+    rec = write_metrics(tmp_path / "m.json", variant="v", encoder="e", seed=1, config={}, scores={},
+                        repo_dir=tmp_path)
+    assert rec["git"] == {"commit": "unknown", "dirty": None}
+    assert (tmp_path / "m.json").exists()
+
+
+def test_failed_metrics_write_keeps_the_old_file(tmp_path, monkeypatch):
+    write_metrics(tmp_path, variant="old", encoder="e", seed=1, config={}, scores={})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(evaluate.json, "dump", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_metrics(tmp_path, variant="new", encoder="e", seed=1, config={}, scores={})
+    assert json.loads((tmp_path / "metrics.json").read_text())["variant"] == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_evaluation_does_not_import_model_or_training_code():
+    code = "import sys, xner_lib.evaluate; print(sorted(m for m in sys.modules if m.startswith('xner_lib')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    loaded = set(ast.literal_eval(out))
+    assert "xner_lib.evaluate" in loaded and not {"xner_lib.train", "xner_lib.model"} & loaded

@@ -1,0 +1,228 @@
+"""Entity-level scores and the ``metrics.json`` of a run (DESIGN.md, Evaluation and results).
+
+Scores are seqeval's entity-level micro precision, recall and F1, in two modes side by side:
+
+* ``strict``: ``mode="strict", scheme=IOB2``, the primary number. An entity is a ``B-X`` followed by
+  ``I-X`` tags; an ``I-X`` that does not continue an entity of its type belongs to no entity.
+* ``conlleval``: seqeval's default mode, which follows the conlleval script: an ``I-X`` after ``O`` or
+  after another type opens an entity.
+
+A corpus is scored under each of its views (``labels.VIEWS``): gold tags pass through the view's
+harmonisation, and predictions on Chinese through ``chinese_prediction`` (a MISC prediction counts as
+O). This module reads labels and predictions only: it never imports training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from seqeval.metrics.sequence_labeling import get_entities
+from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as prfs_conlleval
+from seqeval.metrics.v1 import Entities
+from seqeval.metrics.v1 import precision_recall_fscore_support as prfs_strict
+from seqeval.scheme import IOB2
+
+from .data.corpus import Dataset
+from .data.labels import VIEWS, harmonise
+
+#: the corpus formats whose text is Chinese (predictions pass through ``chinese_prediction``).
+CHINESE_FORMATS: frozenset[str] = frozenset({"weibo", "peoples_daily"})
+#: packages whose versions every metrics.json records (distribution names).
+VERSIONED_PACKAGES: tuple[str, ...] = ("torch", "transformers", "pytorch-crf", "seqeval", "numpy")
+METRICS_SCHEMA = 1
+
+
+def check_aligned(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> None:
+    """Raise ``ValueError`` unless ``gold`` and ``pred`` have as many sentences, and every sentence as
+    many tags; the message names the first sentence index that differs. Nothing is ever truncated.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"gold has {len(gold)} sentences but predictions have {len(pred)}")
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        if len(g) != len(p):
+            raise ValueError(f"sentence {i}: gold has {len(g)} tags but the prediction has {len(p)}")
+
+
+def _prf(p: float, r: float, f: float, support: int, n_pred: int, n_correct: int) -> dict[str, float | int]:
+    return {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(support),
+            "n_pred": int(n_pred), "n_correct": int(n_correct)}
+
+
+def _entities(seqs: list[list[str]], strict: bool) -> set[tuple[str, int, int, int]]:
+    """Entities ``(type, sentence, start, end)`` as seqeval reads them in strict IOB2 or default mode."""
+    if strict:
+        return {(e.tag, e.sent_id, e.start, e.end) for ents in Entities(seqs, IOB2).entities for e in ents}
+    return {(t, i, s, e) for i, seq in enumerate(seqs) for t, s, e in get_entities(seq)}
+
+
+def _mode_scores(gold: list[list[str]], pred: list[list[str]], strict: bool) -> dict[str, Any]:
+    """seqeval's micro and per-type P/R/F1 of one mode, with entity counts beside them."""
+    prfs = prfs_strict if strict else prfs_conlleval
+    kwargs: dict[str, Any] = {"scheme": IOB2} if strict else {}
+    ents_gold, ents_pred = _entities(gold, strict), _entities(pred, strict)
+    correct = ents_gold & ents_pred
+    p, r, f, s = prfs(gold, pred, average="micro", zero_division=0, **kwargs)
+    micro = _prf(p, r, f, s, len(ents_pred), len(correct))
+    assert micro["support"] == len(ents_gold), (micro, len(ents_gold))
+    types = sorted({e[0] for e in ents_gold | ents_pred})
+    per_type: dict[str, dict[str, float | int]] = {}
+    if types:  # seqeval's per-type arrays follow the sorted type names
+        ps, rs, fs, ss = prfs(gold, pred, average=None, zero_division=0, **kwargs)
+        for t, pt, rt, ft, st in zip(types, ps, rs, fs, ss, strict=True):
+            per_type[t] = _prf(pt, rt, ft, st, sum(e[0] == t for e in ents_pred), sum(e[0] == t for e in correct))
+    return {"micro": micro, "per_type": per_type}
+
+
+def score(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Entity-level scores of IOB2 ``pred`` against ``gold`` (both: sentences of tags).
+
+    Returns ``{"strict": micro, "conlleval": micro, "per_type": {type: ...}, "per_type_conlleval": {...},
+    "n_sentences": int, "n_tokens": int}`` where each ``micro`` and per-type entry is
+    ``{"precision", "recall", "f1", "support" (gold entities), "n_pred", "n_correct"}``; ``per_type``
+    is strict (primary). A score whose denominator is zero is 0. Raises ``ValueError`` naming the
+    sentence when the two do not align.
+    """
+    check_aligned(gold, pred)
+    g = [list(s) for s in gold]
+    p = [list(s) for s in pred]
+    strict = _mode_scores(g, p, strict=True)
+    lenient = _mode_scores(g, p, strict=False)
+    return {
+        "strict": strict["micro"],
+        "conlleval": lenient["micro"],
+        "per_type": strict["per_type"],
+        "per_type_conlleval": lenient["per_type"],
+        "n_sentences": len(g),
+        "n_tokens": sum(len(s) for s in g),
+    }
+
+
+def score_views(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fmt: str) -> dict[str, Any]:
+    """Score predictions on one corpus of format ``fmt`` under each of its views (``labels.VIEWS``).
+
+    ``gold`` holds the corpus's own tags (e.g. ``B-PER.NOM`` for Weibo); ``pred`` the model's tags
+    (``labels.MODEL_LABELS``). Gold passes through each view's harmonisation; on Chinese corpora
+    predictions pass through ``chinese_prediction`` (MISC -> O). Returns ``{view: score(...)}`` in the
+    order of ``VIEWS[fmt]``; the first view is the primary one. Raises ``ValueError`` for an unknown
+    format or sentences that do not align.
+    """
+    if fmt not in VIEWS:
+        raise ValueError(f"unknown corpus format {fmt!r}; expected one of {', '.join(VIEWS)}")
+    check_aligned(gold, pred)
+    pred_view = "chinese_prediction" if fmt in CHINESE_FORMATS else "conll"
+    pred_h = [harmonise(s, pred_view) for s in pred]
+    return {view: score([harmonise(s, view) for s in gold], pred_h) for view in VIEWS[fmt]}
+
+
+def score_dataset(dataset: Dataset, pred: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """:func:`score_views` on a :class:`~xner_lib.data.corpus.Dataset`'s gold tags and format."""
+    return score_views([s.tags for s in dataset.sentences], pred, dataset.format)
+
+
+def primary_view(fmt: str) -> str:
+    """The view whose strict F1 is the headline number of a corpus format."""
+    if fmt not in VIEWS:
+        raise ValueError(f"unknown corpus format {fmt!r}; expected one of {', '.join(VIEWS)}")
+    return VIEWS[fmt][0]
+
+
+# --------------------------------------------------------------------------------------------- metrics.json
+def git_state(repo_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``{"commit": sha or "unknown", "dirty": bool or None}`` of the repository holding ``repo_dir``
+    (default: this package's directory). ``dirty`` means tracked files differ from the commit."""
+    where = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": sha or "unknown", "dirty": bool(status.strip()) if sha else None}
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on, plus Python; ``"not installed"`` when absent."""
+    out: dict[str, str] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values from dataclasses, paths, tuples, sets and numpy/torch scalars and arrays.
+
+    Non-finite floats become None (strict JSON has no NaN).
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(_jsonable(v) for v in obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def write_metrics(path: str | os.PathLike[str], *, variant: str, encoder: str, seed: int,
+                  config: Mapping[str, Any] | Any, scores: Mapping[str, Any],
+                  extra: Mapping[str, Any] | None = None,
+                  repo_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write a run's ``metrics.json`` atomically (a temporary file, then ``os.replace``).
+
+    ``path`` is the file, or a run directory (no ``.json`` suffix) that receives ``metrics.json``;
+    parents are created. Besides the arguments, the record holds the git commit and dirty flag of the
+    code (:func:`git_state`), package versions and a UTC timestamp. Returns the record written.
+    """
+    target = Path(path)
+    if target.suffix != ".json":
+        target = target / "metrics.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "schema": METRICS_SCHEMA,
+        "variant": variant,
+        "encoder": encoder,
+        "seed": int(seed),
+        "config": _jsonable(config),
+        "scores": _jsonable(scores),
+        "extra": _jsonable(extra) if extra is not None else {},
+        "git": git_state(repo_dir),
+        "versions": package_versions(),
+        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json.tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2, ensure_ascii=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return record
