@@ -125,3 +125,54 @@ def plot_sentence_lengths(lengths: pd.DataFrame, bins: int = 40) -> plt.Figure:
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+#: result datasets of Tables 4 and 5: (scores key, view, dataset label, paper key)
+RESULT_SETS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("weibo_test", "weibo_nam", "WeiboNER test (NAM)", "weibo"),
+    ("weibo_test", "weibo_nam_nom", "WeiboNER test (NAM+NOM)", None),
+    ("peoples_daily_test", "peoples_daily", "People's Daily test", "peoples_daily"),
+    ("conll_test", "conll", "CoNLL-2003 test (en)", None),
+)
+
+
+def runs_frame(metrics: Iterable[dict]) -> pd.DataFrame:
+    """One row per (run, result set): variant, seed, strict and conlleval P/R/F1 (long format)."""
+    rows = []
+    for m in metrics:
+        for key, view, label, _ in RESULT_SETS:
+            if key not in m["scores"] or view not in m["scores"][key]:
+                continue
+            s = m["scores"][key][view]
+            rows.append({
+                "variant": m["variant"], "seed": m["seed"], "dataset": label,
+                "precision": s["strict"]["precision"], "recall": s["strict"]["recall"], "f1": s["strict"]["f1"],
+                "f1_conlleval": s["conlleval"]["f1"],
+            })
+    return pd.DataFrame(rows)
+
+
+def results_table(metrics: Iterable[dict], paper: dict[str, dict[str, float]],
+                  names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of strict F1 (and conlleval F1) per variant and
+    dataset, with the paper's F1 beside ours (Tables 4 and 5). ``paper`` maps variant -> {dataset: F1}."""
+    runs = runs_frame(metrics)
+    if runs.empty:
+        raise ValueError("no run has scores to tabulate")
+    paper_key = {label: key for _, _, label, key in RESULT_SETS}
+    rows = []
+    for (variant, dataset), grp in runs.groupby(["variant", "dataset"], sort=False):
+        pk = paper_key[dataset]
+        rows.append({
+            "model": (names or {}).get(variant, variant),
+            "dataset": dataset,
+            "f1_mean": grp.f1.mean(),
+            "f1_std": grp.f1.std(ddof=1) if len(grp) > 1 else float("nan"),
+            "n_seeds": len(grp),
+            "paper_f1": paper.get(variant, {}).get(pk) if pk else None,
+            "precision_mean": grp.precision.mean(),
+            "recall_mean": grp.recall.mean(),
+            "f1_conlleval_mean": grp.f1_conlleval.mean(),
+            "seeds": " ".join(str(s) for s in sorted(grp.seed)),
+        })
+    return pd.DataFrame(rows).round(4)

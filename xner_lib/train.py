@@ -1,0 +1,328 @@
+"""Training the tagger on English CoNLL-2003 and tagging any corpus with it (paper sections 3 and 4.2).
+
+A :class:`Tagger` is an encoder (section 3.1) under the BiLSTM-CRF head of :mod:`xner_lib.model`
+(eqs 8-11). Two modes:
+
+* ``finetune=True``: the encoder is trained with the head (the paper's setting, Table 2); every batch
+  goes through the encoder (:func:`~xner_lib.features.unit_vectors`).
+* ``finetune=False``: the encoder is frozen and its unit vectors come from the content-addressed cache
+  (:func:`~xner_lib.features.cached_unit_features`); only the head trains.
+
+Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is
+ever seen. A checkpoint directory holds the weights, the configs and the label map, and loads back to
+identical predictions (:func:`save_checkpoint`, :func:`load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .data import Dataset
+from .encoders import Encoder, load_encoder
+from .evaluate import score
+from .features import cached_unit_features, unit_vectors
+from .model import BiLstmCrfHead, HeadConfig
+from .units import EncodedSentence, encode_sentences, spread_tags, unit_tags
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Defaults are the paper's Table 2 (3 epochs, batch 20, lr 4e-5, dropout 0.5);
+    profiles override them (``configs/*.yaml``, keys prefixed ``train_``).
+
+    ``lr`` is the encoder's learning rate; the head, trained from scratch, uses ``head_lr`` (the paper
+    gives one rate; see docs/method.md). ``max_sentences`` keeps the first training sentences only
+    (smoke). ``evals_per_epoch`` CoNLL-dev evaluations pick the kept weights.
+    """
+
+    encoder: str = "bert-base-multilingual-cased"
+    finetune: bool = True
+    epochs: float = 3.0
+    batch_size: int = 20
+    lr: float = 4e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    evals_per_epoch: int = 2
+    eval_batch_size: int = 64
+    max_sentences: int | None = None
+    seed: int = 1
+    threads: int | None = None
+    head: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
+            raise ValueError(f"epochs, batch_size and evals_per_epoch must be positive: {self}")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU) generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Tagger(nn.Module):
+    """Encoder + BiLSTM-CRF head. ``encoder`` is None in frozen mode, where features are given."""
+
+    def __init__(self, head: BiLstmCrfHead, encoder: Encoder | None = None) -> None:
+        super().__init__()
+        self.head = head
+        self.encoder_model = encoder.model if encoder is not None else None
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Encoder | None:
+        return self._encoder
+
+    def features(self, batch: Sequence[EncodedSentence], cached: Sequence[Tensor] | None = None
+                 ) -> tuple[Tensor, Tensor]:
+        """Unit vectors [B,U,H] and mask [B,U]: through the encoder, or padded from ``cached``."""
+        if cached is not None:
+            return pad_features(cached)
+        if self._encoder is None:
+            raise ValueError("a frozen tagger needs cached features")
+        return unit_vectors(self._encoder, batch)
+
+
+def pad_features(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack per-sentence [U_i, H] tensors into [B, U, H] (float32, zero padded) and a contiguous mask."""
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    out = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f.float()
+    mask = torch.arange(out.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return out, mask
+
+
+def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str]
+              ) -> list[list[int]]:
+    """Unit label ids: each unit takes its first token's tag (:func:`~xner_lib.units.unit_tags`)."""
+    index = {t: i for i, t in enumerate(labels)}
+    out = []
+    for k, (enc, t) in enumerate(zip(encoded, tags, strict=True)):
+        ut = unit_tags(t, enc.unit_spans)
+        unknown = sorted(set(ut) - set(index))
+        if unknown:
+            raise ValueError(f"sentence {k}: tags {unknown} are not in the model's labels {list(labels)}")
+        out.append([index[x] for x in ut])
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar-length sentences: shuffle, sort within pools of ``pool`` batches,
+    cut into batches, shuffle the batches. Every index appears exactly once."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class Prepared:
+    """A dataset encoded into units once: encodings, and frozen features when the tagger is frozen."""
+
+    dataset: Dataset
+    encoded: list[EncodedSentence]
+    cached: list[Tensor] | None = None
+
+
+def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None
+            ) -> Prepared:
+    """Encode ``dataset`` into units (and, frozen, read or compute its cached features)."""
+    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language)
+    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir) if frozen else None
+    return Prepared(dataset, encoded, cached)
+
+
+@torch.no_grad()
+def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True) -> list[list[str]]:
+    """Token-level IOB2 predictions for every sentence of ``data`` (unit tags spread BIO-aware over the
+    tokens each unit covers; one prediction per gold token, in order)."""
+    was = tagger.training
+    tagger.eval()
+    order = sorted(range(len(data.encoded)), key=lambda i: len(data.encoded[i].input_ids))
+    out: list[list[str] | None] = [None] * len(order)
+    labels = tagger.head.config.labels
+    bar = tqdm(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", disable=not progress,
+               leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        cached = [data.cached[i] for i in idx] if data.cached is not None else None
+        feats, mask = tagger.features([data.encoded[i] for i in idx], cached)
+        for i, seq in zip(idx, tagger.head.decode(feats, mask), strict=True):
+            out[i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
+        bar.update(len(idx))
+    bar.close()
+    tagger.train(was)
+    for i, (pred, sent) in enumerate(zip(out, data.dataset.sentences, strict=True)):
+        assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the tagger with the selected weights and the curves."""
+
+    tagger: Tagger
+    history: list[dict[str, float]]
+    dev_history: list[dict[str, float]]
+    best_step: int
+    best_dev_f1: float
+    seconds: float
+
+
+def build_tagger(cfg: TrainConfig, encoder: Encoder) -> Tagger:
+    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **cfg.head))
+    return Tagger(head, encoder if cfg.finetune else None)
+
+
+def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    groups = [{"params": list(tagger.head.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0}]
+    if tagger.encoder_model is not None:
+        decay, no_decay = [], []
+        for name, p in tagger.encoder_model.named_parameters():
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+        groups += [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                   {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups)
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Prepared, *,
+          progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
+    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    tagger = build_tagger(cfg, encoder)
+    if cfg.finetune and train_data.cached is not None:
+        raise ValueError("fine-tuning needs encodings, not cached features")
+    if not cfg.finetune and train_data.cached is None:
+        raise ValueError("a frozen tagger trains on cached features: prepare(..., frozen=True)")
+    labels = tagger.head.config.labels
+    ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels)
+    lengths = [len(e.input_ids) for e in train_data.encoded]
+    rng = random.Random(cfg.seed)
+    n_epochs = math.ceil(cfg.epochs)
+    steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    total = int(round(cfg.epochs * steps_per_epoch))
+    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    opt, sched = _optimizer(tagger, cfg, total)
+    history: list[dict[str, float]] = []
+    dev_history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, Tensor] | None] = (-1.0, 0, None)
+    gold_dev = [s.tags for s in dev_data.dataset.sentences]
+    start = time.perf_counter()
+    step = 0
+    bar = tqdm(total=total, desc=f"train seed {cfg.seed}", disable=not progress)
+    tagger.train()
+    for epoch in range(n_epochs):
+        for batch in length_batches(lengths, cfg.batch_size, rng):
+            if step >= total:
+                break
+            cached = [train_data.cached[i] for i in batch] if train_data.cached is not None else None
+            feats, mask = tagger.features([train_data.encoded[i] for i in batch], cached)
+            y = torch.zeros(mask.shape, dtype=torch.long)
+            for r, i in enumerate(batch):
+                y[r, : len(ids[i])] = torch.tensor(ids[i])
+            loss = tagger.head.loss(feats, mask, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tagger.parameters(), cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            history.append({"step": step, "epoch": step / steps_per_epoch,
+                            "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+            if step % eval_every == 0 or step == total:
+                t0 = time.perf_counter()
+                dev = score(gold_dev, predict(tagger, dev_data, cfg.eval_batch_size, progress=False))
+                row = {"step": step, "epoch": step / steps_per_epoch, "dev_f1": dev["strict"]["f1"],
+                       "dev_f1_conlleval": dev["conlleval"]["f1"], "eval_seconds": time.perf_counter() - t0}
+                dev_history.append(row)
+                if on_eval:
+                    on_eval(row)
+                if row["dev_f1"] > best[0]:
+                    best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+    bar.close()
+    assert best[2] is not None
+    tagger.load_state_dict(best[2])
+    tagger.eval()
+    return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.PathLike[str], cfg: TrainConfig
+                    ) -> Path:
+    """Write ``directory`` (atomically: built beside it, then renamed) with ``config.json`` (train and head
+    configs, the label map, the encoder's name and identity), ``head.safetensors`` and, fine-tuned,
+    ``encoder/`` (the HF model and tokenizer)."""
+    tagger = result_or_tagger.tagger if isinstance(result_or_tagger, TrainResult) else result_or_tagger
+    encoder = tagger.encoder
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + "."))
+    meta = {"train": asdict(cfg), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
+            "encoder": cfg.encoder, "finetuned": encoder is not None}
+    if encoder is not None:
+        encoder.model.save_pretrained(tmp / "encoder")
+        encoder.tokenizer.save_pretrained(tmp / "encoder")
+        meta["encoder_max_length"] = encoder.max_length
+    save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+                    ) -> tuple[Tagger, Encoder, TrainConfig]:
+    """Load a checkpoint written by :func:`save_checkpoint`: the tagger (eval mode), the encoder it reads
+    (the saved fine-tuned one, or the named frozen one) and its training config."""
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    cfg = TrainConfig(**meta["train"])
+    if meta["finetuned"]:
+        encoder = load_encoder(directory / "encoder", cache_dir, max_length=meta.get("encoder_max_length"))
+    else:
+        encoder = load_encoder(cfg.encoder, cache_dir)
+    head = BiLstmCrfHead(HeadConfig(**meta["head"]))
+    head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    tagger = Tagger(head, encoder if meta["finetuned"] else None)
+    tagger.eval()
+    return tagger, encoder, cfg
