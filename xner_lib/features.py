@@ -1,0 +1,270 @@
+"""Unit vectors from an encoder: windowing, a differentiable batch function, and an on-disk feature cache.
+
+Windowing (DESIGN.md, Model 1: every gold token gets a prediction): a sentence whose sub-words do not
+fit ``max_length - 2`` is cut into windows of that width whose starts are ``stride`` apart (default half
+a window), the last one ending at the sentence end. Each unit takes its vector from the window in which
+its sub-word has the most context (the larger of its distances to the window's two edges, minimised
+over sides), so every unit gets exactly one vector.
+
+Cache: frozen-encoder features of a whole dataset stored as float16 in
+``<cache>/features/<key>/shard-NNNNN.pt``, the key hashing the encoder's identity (weights and
+tokenizer, recomputed at call time), the unit rule, the windowing and the text. Shards are written
+atomically (temporary file, then ``os.replace``) and carry a sha256 of their payload: an interrupted
+extraction resumes at the first missing shard, a corrupt shard is detected and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Dataset, Sentence
+from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_identity
+from .units import UNIT_RULE, EncodedSentence, encode_sentences
+
+CACHE_FORMAT = "xner-features-v1"
+_SHARD_MAGIC = b"XNERSHD1"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sub-words [start, end) of sentence ``sentence`` fed as one encoder input (special tokens added)."""
+
+    sentence: int
+    start: int
+    end: int
+
+
+def plan_windows(n: int, width: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """[start, end) windows covering ``n`` sub-words: one when ``n <= width``, else windows of ``width``
+    whose starts are ``stride`` (default ``width // 2``) apart, the last ending at ``n``."""
+    if width < 2:
+        raise ValueError(f"window width {width} is too small (max_length must be at least 4)")
+    stride = stride or max(1, width // 2)
+    if not 1 <= stride <= width:
+        raise ValueError(f"stride {stride} must lie in [1, width={width}]")
+    if n <= width:
+        return [(0, n)]
+    starts = list(range(0, n - width, stride)) + [n - width]
+    return [(s, s + width) for s in starts]
+
+
+def assign_windows(positions: Sequence[int], windows: Sequence[tuple[int, int]]) -> list[int]:
+    """For each sub-word position, the window (index) where it has the most context,
+    ``min(p - start, end - 1 - p)``; ties go to the earlier window."""
+    out = []
+    for p in positions:
+        best, best_ctx = -1, -1
+        for w, (s, e) in enumerate(windows):
+            if s <= p < e and min(p - s, e - 1 - p) > best_ctx:
+                best, best_ctx = w, min(p - s, e - 1 - p)
+        if best < 0:
+            raise ValueError(f"position {p} lies in no window")
+        out.append(best)
+    return out
+
+
+def _special_ids(encoder: Encoder) -> tuple[int, int, int]:
+    tok = encoder.tokenizer
+    cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+    sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+    if cls is None or sep is None:
+        raise ValueError(f"{encoder.name}: the tokenizer has no cls/bos or sep/eos token to frame windows")
+    return int(cls), int(sep), int(tok.pad_token_id)
+
+
+def _plan(encoder: Encoder, batch: Sequence[EncodedSentence], stride: int | None
+          ) -> tuple[list[Window], list[list[tuple[int, int]]]]:
+    """Windows of a batch and, per sentence and unit, (window index, position inside the framed window)."""
+    width = encoder.max_length - 2
+    windows: list[Window] = []
+    where: list[list[tuple[int, int]]] = []
+    for i, sent in enumerate(batch):
+        spans = plan_windows(len(sent.input_ids), width, stride)
+        first = len(windows)
+        windows.extend(Window(i, s, e) for s, e in spans)
+        chosen = assign_windows(sent.unit_pos, spans)
+        where.append([(first + w, p - spans[w][0] + 1) for p, w in zip(sent.unit_pos, chosen, strict=True)])
+    return windows, where
+
+
+def unit_vectors(encoder: Encoder, batch: Sequence[EncodedSentence], *, stride: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer vectors of every unit of a batch, differentiable (gradients reach the encoder).
+
+    Returns ``vectors`` [B, U, H] (U = most units in the batch; padding rows are zero) and ``mask``
+    Bool[B, U], True on the first ``n_units`` positions of each row (contiguous, padding after).
+    Sentences longer than ``encoder.max_length - 2`` sub-words are windowed (module docstring).
+    The caller chooses train/eval mode and ``torch.no_grad``.
+    """
+    cls, sep, pad = _special_ids(encoder)
+    device = next(encoder.model.parameters()).device
+    windows, where = _plan(encoder, batch, stride)
+    n_units = [s.n_units for s in batch]
+    u_max = max(n_units, default=0)
+    if not windows:
+        return torch.zeros(0, 0, encoder.hidden_size, device=device), torch.zeros(0, 0, dtype=torch.bool)
+    t_max = max(w.end - w.start for w in windows) + 2
+    ids = torch.full((len(windows), t_max), pad, dtype=torch.long)
+    attn = torch.zeros((len(windows), t_max), dtype=torch.long)
+    for k, w in enumerate(windows):
+        row = [cls, *batch[w.sentence].input_ids[w.start:w.end], sep]
+        ids[k, :len(row)] = torch.tensor(row)
+        attn[k, :len(row)] = 1
+    hidden = encoder.model(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state  # [W, T, H]
+    flat = torch.cat([hidden.reshape(-1, hidden.shape[-1]), hidden.new_zeros(1, hidden.shape[-1])])
+    padding_row = flat.shape[0] - 1
+    index = torch.full((len(batch), u_max), padding_row, dtype=torch.long)
+    for i, units in enumerate(where):
+        if units:
+            index[i, :len(units)] = torch.tensor([w * t_max + p for w, p in units])
+    vectors = flat[index.to(device)]  # [B, U, H]
+    mask = torch.arange(u_max).unsqueeze(0) < torch.tensor(n_units).unsqueeze(1)
+    return vectors, mask.to(device)
+
+
+def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tokens: int, width: int
+             ) -> list[list[int]]:
+    """Group sentence indices (already sorted by length) so that batch size x longest window <= batch_tokens."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for i in order:
+        n = min(len(encoded[i].input_ids), width) + 2
+        if cur and (len(cur) + 1) * max(longest, n) > batch_tokens:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 8192,
+                          stride: int | None = None, progress: tqdm | None = None) -> list[torch.Tensor]:
+    """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order).
+
+    Runs in eval mode without gradients (the model's mode is restored); sentences are sorted by length
+    and batched so that sentences x window length stays under ``batch_tokens``.
+    """
+    model = encoder.model
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    try:
+        with torch.no_grad():
+            for group in _batches(encoded, order, batch_tokens, encoder.max_length - 2):
+                vectors, _ = unit_vectors(encoder, [encoded[i] for i in group], stride=stride)
+                for row, i in enumerate(group):
+                    out[i] = vectors[row, :encoded[i].n_units].to("cpu", torch.float16).clone()
+                if progress is not None:
+                    progress.update(len(group))
+    finally:
+        model.train(was_training)
+    assert all(t is not None for t in out)
+    return out  # type: ignore[return-value]
+
+
+def feature_key(encoder: Encoder, token_lists: Sequence[Sequence[str]], language: str,
+                stride: int | None = None) -> str:
+    """The cache key: sha256 over the encoder's current identity, tokenizer, unit rule, windowing and text."""
+    head = {"format": CACHE_FORMAT, "encoder": encoder_identity(encoder.model, encoder.tokenizer),
+            "tokenizer": tokenizer_identity(encoder.tokenizer), "unit_rule": UNIT_RULE, "pooling": "unit-first-subword",
+            "max_length": encoder.max_length, "stride": stride, "language": language, "dtype": "float16"}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for toks in token_lists:
+        h.update(json.dumps(list(toks), ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _write_shard(path: Path, features: Sequence[torch.Tensor]) -> None:
+    buf = io.BytesIO()
+    lengths = torch.tensor([f.shape[0] for f in features], dtype=torch.long)
+    torch.save({"lengths": lengths, "values": torch.cat(list(features))}, buf)
+    payload = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(_SHARD_MAGIC + hashlib.sha256(payload).digest() + payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _read_shard(path: Path, expected_units: Sequence[int]) -> list[torch.Tensor] | None:
+    """The shard's tensors, or None when it is missing, corrupt or does not match the expected unit counts."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    n = len(_SHARD_MAGIC)
+    if raw[:n] != _SHARD_MAGIC or hashlib.sha256(raw[n + 32:]).digest() != raw[n:n + 32]:
+        warnings.warn(f"{path}: corrupt feature shard (checksum mismatch); recomputing it", stacklevel=3)
+        return None
+    data = torch.load(io.BytesIO(raw[n + 32:]), weights_only=True)
+    if data["lengths"].tolist() != list(expected_units):
+        warnings.warn(f"{path}: feature shard does not match the sentences; recomputing it", stacklevel=3)
+        return None
+    return list(torch.split(data["values"], data["lengths"].tolist()))
+
+
+def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | Sequence[str]],
+                         language: str | None = None, cache_dir: str | os.PathLike[str] | None = None, *,
+                         shard_size: int = 512, batch_tokens: int = 8192, stride: int | None = None,
+                         progress: bool = True) -> list[torch.Tensor]:
+    """Frozen-encoder unit features of a whole dataset, computed once and then read from the cache.
+
+    ``data`` is a :class:`Dataset` (its language is used) or a list of sentences / token lists with
+    ``language`` (``en``/``zh``). Returns one float16 tensor [U_i, H] per sentence, in order, where
+    ``U_i`` is the number of units of :func:`~xner_lib.units.encode_sentences`. A directory's shard size
+    is fixed by its first extraction (``meta.json``).
+    """
+    if isinstance(data, Dataset):
+        if language is not None and language != data.language:
+            raise ValueError(f"language={language!r} but dataset {data.name}/{data.split} is {data.language!r}")
+        language, sentences = data.language, data.sentences
+    else:
+        sentences = list(data)
+    if language is None:
+        raise ValueError("language is required ('en' or 'zh') when data is not a Dataset")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    token_lists = [list(s.tokens) if isinstance(s, Sentence) else list(s) for s in sentences]
+    encoded = encode_sentences(encoder.tokenizer, token_lists, language)
+    key = feature_key(encoder, token_lists, language, stride)
+    root = resolve_cache_dir(cache_dir) / "features" / key[:32]
+    root.mkdir(parents=True, exist_ok=True)
+    meta_path = root / "meta.json"
+    try:
+        shard_size = int(json.loads(meta_path.read_text())["shard_size"])
+    except (OSError, ValueError, KeyError):
+        meta = {"key": key, "format": CACHE_FORMAT, "encoder": encoder.name, "unit_rule": UNIT_RULE,
+                "language": language, "max_length": encoder.max_length, "stride": stride,
+                "sentences": len(encoded), "units": sum(e.n_units for e in encoded), "shard_size": shard_size}
+        tmp = meta_path.with_name(f".meta.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
+    starts = range(0, len(encoded), shard_size)
+    shards: list[list[torch.Tensor] | None] = [
+        _read_shard(root / f"shard-{k:05d}.pt", [e.n_units for e in encoded[s:s + shard_size]])
+        for k, s in enumerate(starts)]
+    done = sum(len(encoded[s:s + shard_size]) for s, sh in zip(starts, shards, strict=True) if sh is not None)
+    with tqdm(total=len(encoded), initial=done, disable=not progress, unit="sent",
+              desc=f"features {encoder.name} {language}") as bar:
+        for k, s in enumerate(starts):
+            if shards[k] is None:
+                shards[k] = extract_unit_features(encoder, encoded[s:s + shard_size], batch_tokens=batch_tokens,
+                                                  stride=stride, progress=bar)
+                _write_shard(root / f"shard-{k:05d}.pt", shards[k])
+    return [t for shard in shards for t in shard]
