@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import Dataset
 from .encoders import Encoder
-from .evaluate import score, score_dataset, write_metrics
+from .evaluate import score_dataset, write_metrics
 from .train import Prepared, TrainConfig, predict, save_checkpoint, train
 
 #: the sets every run is scored on: scores key -> role
@@ -90,7 +89,3 @@ def unk_counts(corpora: Corpora) -> dict[str, dict[str, int]]:
         }
     return out
 
-
-def dev_score(dataset: Dataset, pred: list[list[str]]) -> float:
-    """Strict F1 of ``pred`` on ``dataset``'s own tags (model selection on CoNLL dev)."""
-    return float(score([s.tags for s in dataset.sentences], pred)["strict"]["f1"])

@@ -263,10 +263,11 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
             opt.step()
             sched.step()
             step += 1
-            history.append({"step": step, "epoch": step / steps_per_epoch,
-                            "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+            loss_value = float(loss.detach())
+            history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
+                            "seconds": time.perf_counter() - start})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
             if step % eval_every == 0 or step == total:
                 t0 = time.perf_counter()
                 dev = score(gold_dev, predict(tagger, dev_data, cfg.eval_batch_size, progress=False))

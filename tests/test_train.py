@@ -1,0 +1,103 @@
+"""Training loop, batching and checkpoints on the tiny random encoder and small fixtures."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from xner_lib.data import Dataset, Sentence, read_file
+from xner_lib.encoders import load_encoder
+from xner_lib.experiment import Corpora, run_or_load
+from xner_lib.train import TrainConfig, length_batches, load_checkpoint, predict, prepare, save_checkpoint, train
+
+
+def _toy(n: int, lang: str) -> Dataset:
+    """A learnable toy corpus: capitalised names after 'Mr' are PER, after 'in' LOC."""
+    rng = random.Random(0)
+    sents = []
+    for _ in range(n):
+        name = rng.choice(["Smith", "Jones", "Paris", "Berlin", "Brown", "Rome"])
+        cue = rng.choice(["Mr", "in"])
+        toks = ["the", "man", cue, name, "said"]
+        tags = ["O", "O", "O", "B-PER" if cue == "Mr" else "B-LOC", "O"]
+        sents.append(Sentence(toks, tags, list(range(1, 6))))
+    return Dataset("toy", "train", "conll" if lang == "en" else "peoples_daily", Path("toy"), sents)
+
+
+def test_length_batches_cover_every_sentence_once() -> None:
+    lengths = [random.Random(1).randint(1, 50) for _ in range(203)]
+    batches = length_batches(lengths, 16, random.Random(0))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(203))
+    assert all(len(b) <= 16 for b in batches)
+
+
+@pytest.mark.parametrize("finetune", [True, False])
+def test_training_learns_and_checkpoint_reloads_to_identical_predictions(tmp_path: Path, finetune: bool,
+                                                                         fixtures: Path) -> None:
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    data = _toy(64, "en")
+    prep = prepare(data, enc, frozen=not finetune, cache_dir=tmp_path / "cache")
+    cfg = TrainConfig(encoder="tiny-random-bert", finetune=finetune, epochs=8, batch_size=8, lr=1e-3,
+                      head_lr=1e-2, seed=3, head={"dropout": 0.1})
+    result = train(cfg, enc, prep, prep, progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"] / 2
+    assert result.best_dev_f1 == max(r["dev_f1"] for r in result.dev_history) > 0.9
+    before = predict(result.tagger, prep, progress=False)
+    ckpt = save_checkpoint(result, tmp_path / "ckpt", cfg)
+    assert json.loads((ckpt / "config.json").read_text())["labels"][0] == "O"
+    tagger, enc2, cfg2 = load_checkpoint(ckpt, tmp_path / "cache")
+    assert cfg2 == cfg
+    zh = read_file(fixtures / "peoples_daily_small.txt", "peoples_daily")
+    for ds in (data, zh):
+        a = predict(result.tagger, prepare(ds, enc, frozen=not finetune, cache_dir=tmp_path / "cache"), progress=False)
+        b = predict(tagger, prepare(ds, enc2, frozen=not finetune, cache_dir=tmp_path / "cache"), progress=False)
+        assert a == b and [len(p) for p in a] == [len(s) for s in ds]
+    assert before == predict(tagger, prepare(data, enc2, frozen=not finetune, cache_dir=tmp_path / "cache"),
+                             progress=False)
+
+
+def test_same_seed_same_run(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = _toy(32, "en")
+    losses = []
+    for _ in range(2):
+        enc = load_encoder("tiny-random-bert")
+        prep = prepare(data, enc, frozen=False)
+        cfg = TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, seed=5)
+        losses.append([h["loss"] for h in train(cfg, enc, prep, prep, progress=False).history])
+    assert losses[0] == losses[1]
+
+
+def test_run_or_load_resumes_from_metrics(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    en, zh = _toy(16, "en"), _toy(8, "zh")
+    zh.sentences = [Sentence(list("在北京"), ["O", "B-LOC", "I-LOC"], [1, 2, 3])] * 4
+    corpora = Corpora(*(prepare(d, enc, frozen=False) for d in (en, en, en, _weibo(), zh)))
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, seed=2)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return load_encoder("tiny-random-bert")
+
+    m1 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False)
+    m2 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False)
+    assert len(calls) == 1 and m1 == m2
+    assert set(m1["scores"]) == {"conll_dev", "conll_test", "weibo_test", "peoples_daily_test"}
+    assert set(m1["scores"]["weibo_test"]) == {"weibo_nam", "weibo_nam_nom"}
+    assert m1["extra"]["unk_counts"]["weibo_test"]["tokens"] == 3
+    run_or_load("baseline", TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=4, seed=2), factory,
+                corpora, tmp_path, progress=False)
+    assert len(calls) == 2  # a changed config retrains
+
+
+def _weibo() -> Dataset:
+    s = Sentence(list("张三说"), ["B-PER.NAM", "I-PER.NAM", "O"], [1, 2, 3], word_pos=[0, 1, 0])
+    return Dataset("weibo", "test", "weibo", Path("w"), [s])
