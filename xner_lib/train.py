@@ -247,7 +247,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     step = 0
     bar = tqdm(total=total, desc=f"train seed {cfg.seed}", disable=not progress)
     tagger.train()
-    for epoch in range(n_epochs):
+    for _epoch in range(n_epochs):
         for batch in length_batches(lengths, cfg.batch_size, rng):
             if step >= total:
                 break
