@@ -30,3 +30,14 @@ def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path)
     assert (res / "tables" / "table1.md").read_text().startswith("| dataset")
     for fig in ("entity_types.png", "sentence_lengths.png"):
         assert (res / "figures" / fig).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: Path) -> None:
+    res = _run("03_training.ipynb", tmp_path)
+    t4 = pd.read_csv(res / "tables" / "table4.csv")
+    assert {"model", "dataset", "f1_mean", "f1_std", "n_seeds", "paper_f1"} <= set(t4.columns)
+    assert set(t4.dataset) >= {"WeiboNER test (NAM)", "People's Daily test"}
+    metrics = sorted((res / "runs").glob("*/metrics.json"))
+    assert [m.parent.name for m in metrics] == ["baseline-seed1", "frozen-seed1"]
+    assert (res / "figures" / "training_curves.png").is_file()

@@ -176,3 +176,32 @@ def results_table(metrics: Iterable[dict], paper: dict[str, dict[str, float]],
             "seeds": " ".join(str(s) for s in sorted(grp.seed)),
         })
     return pd.DataFrame(rows).round(4)
+
+
+def timing_table(metrics: Iterable[dict]) -> pd.DataFrame:
+    """Minutes per stage (training, then prediction per set) for every run."""
+    rows = []
+    for m in metrics:
+        secs = m.get("extra", {}).get("seconds", {})
+        rows.append({"variant": m["variant"], "seed": m["seed"],
+                     **{f"{k}_min": round(v / 60, 2) for k, v in secs.items()},
+                     "steps": len(m.get("extra", {}).get("history", []))})
+    return pd.DataFrame(rows)
+
+
+def plot_training_curves(metrics: Iterable[dict], smooth: int = 25) -> plt.Figure:
+    """Training loss (moving average over ``smooth`` steps) and CoNLL-dev strict F1, one line per run."""
+    fig, (ax_loss, ax_dev) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for m in metrics:
+        label = f"{m['variant']} seed {m['seed']}"
+        hist = pd.DataFrame(m["extra"]["history"])
+        dev = pd.DataFrame(m["extra"]["dev_history"])
+        if not hist.empty:
+            ax_loss.plot(hist["epoch"], hist["loss"].rolling(smooth, min_periods=1).mean(), label=label)
+        if not dev.empty:
+            ax_dev.plot(dev["epoch"], dev["dev_f1"], marker="o", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="CRF loss (eq. 11)", title="training loss", yscale="log")
+    ax_dev.set(xlabel="epoch", ylabel="strict F1", title="CoNLL-2003 dev (model selection)")
+    ax_dev.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
