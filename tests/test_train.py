@@ -101,3 +101,16 @@ def test_run_or_load_resumes_from_metrics(tmp_path: Path) -> None:
 def _weibo() -> Dataset:
     s = Sentence(list("张三说"), ["B-PER.NAM", "I-PER.NAM", "O"], [1, 2, 3], word_pos=[0, 1, 0])
     return Dataset("weibo", "test", "weibo", Path("w"), [s])
+
+
+def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest() -> None:
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    table = enc.model.get_input_embeddings().weight.detach().clone()
+    layer = enc.model.encoder.layer[0].attention.self.query.weight.detach().clone()
+    data = _toy(16, "en")
+    prep = prepare(data, enc, frozen=False)
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, lr=1e-3, freeze_embeddings=True)
+    train(cfg, enc, prep, prep, progress=False)
+    assert torch.equal(enc.model.get_input_embeddings().weight, table)
+    assert not torch.equal(enc.model.encoder.layer[0].attention.self.query.weight, layer)
