@@ -184,6 +184,17 @@ def test_unit_spans_tile_random_sentences(tiny, sp_tokenizer):
                 assert enc.n_unk + enc.n_nopiece <= len(tokens)
 
 
+def test_empty_sentence_has_no_units_and_no_vectors(tiny, sp_tokenizer):
+    for tok in (tiny.tokenizer, sp_tokenizer):
+        for lang in ("en", "zh"):
+            enc = encode_sentence(tok, [], lang)
+            assert enc.n_units == 0 and enc.n_tokens == 0
+    with torch.no_grad():
+        vectors, mask = unit_vectors(tiny, [encode_sentence(tiny.tokenizer, [], "zh"),
+                                            encode_sentence(tiny.tokenizer, ["我"], "zh")])
+    assert vectors.shape == (2, 1, 32) and mask.tolist() == [[False], [True]]
+
+
 def test_unit_tags_take_the_first_token_tag():
     spans = [(0, 2), (2, 3), (3, 5)]
     assert unit_tags(["B-PER", "I-PER", "O", "O", "B-LOC"], spans) == ["B-PER", "O", "O"]

@@ -70,6 +70,7 @@ class E5S1File:
     unk: int
     tensors: dict[str, np.ndarray] = field(repr=False)
     quantized: list[str] = field(default_factory=list)
+    normalizer_map: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def dequantize_q4_0(raw: bytes | memoryview, rows: int, cols: int, *, chunk_rows: int = 16384) -> np.ndarray:
@@ -134,10 +135,15 @@ def read_e5s1(path: str | os.PathLike[str]) -> E5S1File:
     blob = buf[o:o + blob_len]
     o += blob_len
     pieces = [blob[offs[i]:offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
-    _n_norm, norm_bytes = struct.unpack_from("<iI", buf, o)
-    o += 8 + norm_bytes  # the normaliser map is the C engine's; the HF tokenizer brings its own
+    n_norm, norm_bytes = struct.unpack_from("<iI", buf, o)
+    o += 8
+    norm: dict[str, str] = {}
+    for _ in range(n_norm):
+        cp, n_out = struct.unpack_from("<IB", buf, o)
+        norm[chr(cp)] = "".join(map(chr, struct.unpack_from(f"<{n_out}I", buf, o + 5)))
+        o += 5 + 4 * n_out
     f = E5S1File(version, h, nl, nh, ff, voc, maxp, tvs, float(eps), pieces, scores.astype(float).tolist(),
-                 bos, eos, pad, unk, tensors={})
+                 bos, eos, pad, unk, tensors={}, normalizer_map=norm)
     (n_tensors,) = struct.unpack_from("<i", buf, o)
     o += 4
     for _ in range(n_tensors):
@@ -184,15 +190,21 @@ def bert_config(f: E5S1File) -> dict[str, object]:
 
 
 def rebuilt_tokenizer(f: E5S1File):  # -> tokenizers.Tokenizer
-    """A Unigram tokenizer from the file's pieces and scores: NFKC, space collapsing, Metaspace.
+    """A Unigram tokenizer from the file's pieces and scores: the file's normaliser entries that NFKC does not
+    cover (control characters removed, odd spaces made spaces), NFKC, space collapsing, Metaspace.
 
-    The fallback when the genuine ``tokenizer.json`` is not installed (E5S1.md: same ids on 3,001 of
-    3,007 stress strings).
+    The fallback when the genuine ``tokenizer.json`` is not installed (E5S1.md: NFKC alone gave the
+    same ids on 3,001 of 3,007 stress strings). Like the C engine, it turns U+FFFD into a space where the
+    genuine tokenizer removes it; on the corpora here it gives the same units on all but one sentence.
     """
+    import unicodedata
+
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     tok = Tokenizer(models.Unigram(list(zip(f.pieces, f.scores, strict=True)), unk_id=f.unk, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    extra = [normalizers.Replace(src, out) for src, out in sorted(f.normalizer_map.items())
+             if out != unicodedata.normalize("NFKC", src)]
+    tok.normalizer = normalizers.Sequence([*extra, normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     bos, eos = f.pieces[f.bos], f.pieces[f.eos]

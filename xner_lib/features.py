@@ -2,9 +2,9 @@
 
 Windowing (DESIGN.md, Model 1: every gold token gets a prediction): a sentence whose sub-words do not
 fit ``max_length - 2`` is cut into windows of that width whose starts are ``stride`` apart (default half
-a window), the last one ending at the sentence end. Each unit takes its vector from the window in which
-its sub-word has the most context (the larger of its distances to the window's two edges, minimised
-over sides), so every unit gets exactly one vector.
+a window), the last one ending at the sentence end. Each unit takes its vector from the one window in
+which its sub-word has the most context (the largest distance to the nearer window edge), so every
+unit gets exactly one vector.
 
 Cache: frozen-encoder features of a whole dataset stored as float16 in
 ``<cache>/features/<key>/shard-NNNNN.pt``, the key hashing the encoder's identity (weights and
@@ -150,7 +150,7 @@ def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tok
     return out
 
 
-def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 8192,
+def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 4096,
                           stride: int | None = None, progress: tqdm | None = None) -> list[torch.Tensor]:
     """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order).
 
@@ -221,7 +221,7 @@ def _read_shard(path: Path, expected_units: Sequence[int]) -> list[torch.Tensor]
 
 def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | Sequence[str]],
                          language: str | None = None, cache_dir: str | os.PathLike[str] | None = None, *,
-                         shard_size: int = 512, batch_tokens: int = 8192, stride: int | None = None,
+                         shard_size: int = 512, batch_tokens: int = 4096, stride: int | None = None,
                          progress: bool = True) -> list[torch.Tensor]:
     """Frozen-encoder unit features of a whole dataset, computed once and then read from the cache.
 

@@ -161,10 +161,14 @@ def _encode_zh(tokenizer: PreTrainedTokenizerBase, batch: list[list[str]]) -> li
         for pid, (a, b) in zip(enc["input_ids"][i], enc["offset_mapping"][i], strict=True):
             if not text:
                 break
-            a, b = min(a, len(text) - 1), max(min(b, len(text)), a + 1)
+            is_bare = pid == bare
+            if b <= a:  # a zero-width piece carries no character: context only
+                t = char_tok[min(a, len(text) - 1)]
+                pieces.append(_Piece(pid, None, (t, t + 1), is_bare))
+                continue
+            b = min(b, len(text))
             touch = (char_tok[a], char_tok[b - 1] + 1)
             core = [c for c in range(a, b) if not soft[text[c]]]
-            is_bare = pid == bare
             cover = None if is_bare else ((char_tok[core[0]], char_tok[core[-1]] + 1) if core else touch)
             pieces.append(_Piece(pid, cover, touch, is_bare))
         out.append(_build(len(toks), pieces, [not tok.strip() for tok in toks], tokenizer.unk_token_id))
