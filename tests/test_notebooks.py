@@ -41,3 +41,20 @@ def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: P
     metrics = sorted((res / "runs").glob("*/metrics.json"))
     assert [m.parent.name for m in metrics] == ["baseline-seed1", "frozen-seed1"]
     assert (res / "figures" / "training_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_02_alignment_smoke_saves_mapping_lexicon_and_curves(tmp_path: Path, data_dir: Path) -> None:
+    import json
+
+    import numpy as np
+
+    res = _run("02_alignment.ipynb", tmp_path)
+    adir = res / "alignment"
+    u = np.load(adir / "mapping.npy")
+    assert u.shape[0] == u.shape[1] and np.allclose(u.T @ u, np.eye(u.shape[0]), atol=1e-3)
+    lexicon = pd.read_csv(adir / "lexicon.tsv", sep="\t")
+    assert list(lexicon.columns) == ["english", "chinese", "cosine"] and len(lexicon) > 0
+    metrics = json.loads((adir / "metrics.json").read_text())
+    assert {"criterion", "check_a", "check_b"} <= set(metrics["scores"])
+    assert (adir / "curves.csv").is_file() and (res / "figures" / "alignment_curves.png").is_file()

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from .data import CORPUS_FILES, DataFile, Dataset, read_file  # noqa: E402
 from .paper import TABLE1  # noqa: E402
@@ -203,5 +204,65 @@ def plot_training_curves(metrics: Iterable[dict], smooth: int = 25) -> plt.Figur
     ax_loss.set(xlabel="epoch", ylabel="CRF loss (eq. 11)", title="training loss", yscale="log")
     ax_dev.set(xlabel="epoch", ylabel="strict F1", title="CoNLL-2003 dev (model selection)")
     ax_dev.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- alignment (notebook 02) -------------------------------------------------------------------------
+
+def plot_alignment_curves(history: list[dict]) -> plt.Figure:
+    """Discriminator accuracy and the unsupervised criterion per adversarial epoch / refinement round."""
+    df = pd.DataFrame(history)
+    fig, (ax_acc, ax_crit) = plt.subplots(1, 2, figsize=(11, 3.6))
+    df = df.reset_index(drop=True)
+    x = range(len(df))
+    acc_cols = [c for c in df.columns if c.startswith("dis_acc")]
+    for c in acc_cols:
+        ax_acc.plot(x, df[c], marker=".", label=c)
+    ax_acc.set(xlabel="adversarial epoch / refinement round", ylabel="accuracy", title="discriminator (eqs 4-5)")
+    if acc_cols:
+        ax_acc.legend(fontsize=8)
+    if "criterion" in df:
+        ax_crit.plot(x, df["criterion"], marker="o")
+    if "stage" in df:
+        for i, stage in enumerate(df["stage"]):
+            if i and stage != df["stage"][i - 1]:
+                for ax in (ax_acc, ax_crit):
+                    ax.axvline(i - 0.5, color="grey", ls="--", lw=0.8)
+    ax_crit.set(xlabel="adversarial epoch / refinement round", ylabel="mean CSLS cosine",
+                title="model-selection criterion")
+    fig.tight_layout()
+    return fig
+
+
+def neighbour_table(queries: list[str], query_vectors, key_words: list[str], key_vectors, *, k: int = 10,
+                    topk: int = 3) -> pd.DataFrame:
+    """The ``topk`` CSLS nearest neighbours (with cosine) of each query among the keys."""
+    from .lexicon import nearest_neighbours, unit_rows
+
+    q, keys = unit_rows(query_vectors.float()), unit_rows(key_vectors.float())
+    _, top = nearest_neighbours(q, keys, "csls", k=k, topk=topk)
+    cos = (q.unsqueeze(1) * keys[top]).sum(-1)
+    rows = []
+    for i, w in enumerate(queries):
+        rows.append({"query": w, **{f"nn{j + 1}": f"{key_words[int(top[i, j])]} ({float(cos[i, j]):.2f})"
+                                    for j in range(topk)}})
+    return pd.DataFrame(rows)
+
+
+def plot_projection(panels: list[tuple[str, object, object]], n: int = 1500) -> plt.Figure:
+    """2-D PCA of source (first ``n`` rows) and target (first ``n`` rows) spaces, one panel per
+    ``(title, source, target)``; the projection is fitted on each panel's two sets together."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, src, tgt) in zip(axes[0], panels, strict=True):
+        s, t = src[:n].float(), tgt[:n].float()
+        both = torch.cat([s, t])
+        mean = both.mean(0, keepdim=True)
+        _, _, v = torch.pca_lowrank(both - mean, q=2, center=False)
+        ps, pt = (s - mean) @ v, (t - mean) @ v
+        ax.scatter(ps[:, 0], ps[:, 1], s=3, alpha=0.4, label="English (source)")
+        ax.scatter(pt[:, 0], pt[:, 1], s=3, alpha=0.4, label="Chinese (target)")
+        ax.set_title(title)
+        ax.legend(markerscale=4, fontsize=8)
     fig.tight_layout()
     return fig
