@@ -1,0 +1,305 @@
+"""Tests of the word-level adversarial aligner (paper 3.3, eqs 2-7), CSLS retrieval and lexicon evaluation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from xner_lib.aligner import AdversarialAligner, AlignConfig, Discriminator, OrthogonalMapping, align
+from xner_lib.alignment_checks import identity_precision, random_rotation, rotated_target_check, rotation_recovery
+from xner_lib.data import DataFormatError
+from xner_lib.lexicon import (
+    csls_scores,
+    induce_lexicon,
+    knn_mean_similarity,
+    mean_cosine,
+    nearest_neighbours,
+    normalize_embeddings,
+    unit_rows,
+)
+from xner_lib.lexicon_eval import read_dictionary, translation_precision
+
+
+def _unit(n: int, d: int, seed: int) -> torch.Tensor:
+    return unit_rows(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)))
+
+
+def clustered_vectors(n: int = 2000, dim: int = 64, clusters: int = 40, seed: int = 0) -> torch.Tensor:
+    """(n, dim) Gaussian-mixture 'word vectors' with a decaying spectrum (std 1 -> 0.01), so a rotation is
+    identifiable: unequal cluster weights, random centres, within-cluster spread half the centres'."""
+    g = torch.Generator().manual_seed(seed)
+    spectrum = torch.logspace(0, -2, dim)
+    centres = torch.randn(clusters, dim, generator=g) * spectrum * 2
+    weights = torch.rand(clusters, generator=g) + 0.2
+    labels = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=g)
+    return centres[labels] + torch.randn(n, dim, generator=g) * spectrum * 0.5
+
+
+def _fast_config(**overrides) -> AlignConfig:
+    """A small discriminator and short epochs: the method's logic with test-sized numbers."""
+    base = dict(dis_hidden=128, batch_size=32, epoch_size=32_000, n_epochs=2, refinement_rounds=5, progress=False)
+    return AlignConfig(**{**base, **overrides})
+
+
+# ---- CSLS and lexicon induction -------------------------------------------------------------------------
+
+
+def test_csls_matches_brute_force():
+    src, tgt, k = _unit(7, 5, 1), _unit(9, 5, 2), 3
+
+    def cos(a, b):
+        return sum(float(x) * float(y) for x, y in zip(a, b, strict=True))
+
+    def r(vec, space):  # mean cosine of vec to its k nearest rows of space
+        sims = sorted((cos(vec, row) for row in space), reverse=True)
+        return sum(sims[:k]) / k
+
+    expected = torch.tensor([[2 * cos(x, y) - r(x, tgt) - r(y, src) for y in tgt] for x in src])
+    assert torch.allclose(csls_scores(src, tgt, k), expected, atol=1e-5)
+    ids = torch.tensor([4, 0])
+    assert torch.allclose(csls_scores(src, tgt, k, src_ids=ids), expected[ids], atol=1e-5)
+
+
+def test_nearest_neighbours_rank_by_csls_and_by_cosine():
+    src, tgt = _unit(30, 8, 3), _unit(40, 8, 4)
+    scores, ids = nearest_neighbours(src, tgt, "csls", k=5, topk=4)
+    full = csls_scores(src, tgt, 5)
+    assert torch.equal(ids, full.topk(4, dim=1).indices)
+    assert torch.allclose(scores, full.topk(4, dim=1).values, atol=1e-5)
+    _, nn_ids = nearest_neighbours(src, tgt, "nn", topk=1)
+    assert torch.equal(nn_ids[:, 0], (src @ tgt.T).argmax(dim=1))
+
+
+def test_knn_mean_similarity_is_mean_of_top_k_cosines():
+    q, keys = _unit(6, 4, 5), _unit(10, 4, 6)
+    expected = torch.stack([(q[i] @ keys.T).sort(descending=True).values[:3].mean() for i in range(6)])
+    assert torch.allclose(knn_mean_similarity(q, keys, 3), expected, atol=1e-6)
+
+
+def test_induced_lexicon_pairs_are_mutual_csls_nearest_neighbours():
+    src, tgt = _unit(60, 6, 7), _unit(50, 6, 8)
+    lexicon = induce_lexicon(src, tgt, "csls", k=5, max_rank=0, build="mutual")
+    full = csls_scores(src, tgt, 5)
+    assert lexicon.shape[0] > 0
+    for i, j in lexicon.tolist():
+        assert full[i].argmax() == j and full[:, j].argmax() == i
+    # and every mutual pair is found
+    mutual = {(i, int(full[i].argmax())) for i in range(60) if full[:, full[i].argmax()].argmax() == i}
+    assert {tuple(p) for p in lexicon.tolist()} == mutual
+
+
+def test_lexicon_max_rank_keeps_only_frequent_words():
+    src, tgt = _unit(60, 6, 9), _unit(50, 6, 10)
+    lexicon = induce_lexicon(src, tgt, max_rank=20)
+    assert lexicon.numel() == 0 or int(lexicon.max()) < 20
+
+
+def test_mean_cosine_is_one_for_identical_spaces_and_lower_for_unrelated():
+    x = _unit(300, 16, 11)
+    assert mean_cosine(x, x) == pytest.approx(1.0, abs=1e-5)
+    assert mean_cosine(x, _unit(300, 16, 12)) < 0.9
+
+
+def test_normalize_embeddings_centres_then_gives_unit_rows():
+    x = torch.randn(50, 8, generator=torch.Generator().manual_seed(13)) + 3
+    out, mean = normalize_embeddings(x, "renorm,center,renorm")
+    assert torch.allclose(out.norm(dim=1), torch.ones(50), atol=1e-5)
+    assert mean is not None and mean.shape == (8,)
+    again, _ = normalize_embeddings(x, "renorm,center,renorm", mean=mean)
+    assert torch.allclose(again, out)
+    with pytest.raises(ValueError, match="unknown normalisation step"):
+        normalize_embeddings(x, "whiten")
+
+
+def test_retrieval_rejects_mismatched_dimensions_with_shapes():
+    with pytest.raises(ValueError, match=r"\(4, 3\) and \(5, 2\)"):
+        csls_scores(torch.randn(4, 3), torch.randn(5, 2))
+
+
+# ---- the equations ------------------------------------------------------------------------------------
+
+
+def test_smoothed_labels_are_0_9_for_target_and_0_1_for_source_and_flipped_for_mapping():
+    trainer = AdversarialAligner(_unit(10, 4, 14), _unit(10, 4, 15), _fast_config(dis_smooth=0.1))
+    is_target = torch.tensor([False, False, True])
+    assert torch.allclose(trainer.smoothed_labels(is_target), torch.tensor([0.1, 0.1, 0.9]))
+    assert torch.allclose(trainer.smoothed_labels(is_target, flip=True), torch.tensor([0.9, 0.9, 0.1]))
+    preds = torch.tensor([0.3, 0.6, 0.8])
+    pairs = list(zip([0.1, 0.1, 0.9], preds.tolist(), strict=True))
+    eq4 = -sum(y * math.log(p) + (1 - y) * math.log(1 - p) for y, p in pairs)
+    eq6 = -sum((1 - y) * math.log(p) + y * math.log(1 - p) for y, p in pairs)
+    assert float(trainer.discriminator_loss(preds, is_target)) == pytest.approx(eq4 / 3, rel=1e-5)
+    assert float(trainer.mapping_loss(preds, is_target)) == pytest.approx(eq6 / 3, rel=1e-5)
+
+
+def test_discriminator_is_muse_mlp_with_sigmoid_output():
+    config = AlignConfig(dis_hidden=16)
+    disc = Discriminator(8, config)
+    linears = [m for m in disc.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(8, 16), (16, 16), (16, 1)]
+    assert isinstance(disc.net[0], torch.nn.Dropout) and disc.net[0].p == 0.1
+    assert isinstance(disc.net[-1], torch.nn.Sigmoid)
+    out = disc.eval()(torch.randn(5, 8))
+    assert out.shape == (5,) and bool(((out > 0) & (out < 1)).all())
+
+
+def test_mapping_starts_at_identity_and_maps_rows_on_the_right():
+    mapping = OrthogonalMapping(4)
+    assert torch.equal(mapping.U.detach(), torch.eye(4))
+    with torch.no_grad():
+        mapping.U.copy_(random_rotation(4, 0))
+    x = torch.randn(3, 4)
+    assert torch.allclose(mapping(x), x @ mapping.U)
+
+
+def test_dis_step_updates_only_the_discriminator_and_mapping_step_only_the_map():
+    trainer = AdversarialAligner(_unit(40, 6, 16), _unit(40, 6, 17), _fast_config(dis_hidden=32))
+    U0 = trainer.mapping.U.detach().clone()
+    W0 = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    trainer.dis_step()
+    assert torch.equal(trainer.mapping.U.detach(), U0)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(W0, trainer.discriminator.parameters(), strict=True))
+    W1 = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    trainer.mapping_step()
+    assert not torch.equal(trainer.mapping.U.detach(), U0)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(W1, trainer.discriminator.parameters(), strict=True))
+
+
+def test_orthogonalize_update_drives_singular_values_to_one():
+    trainer = AdversarialAligner(_unit(10, 6, 18), _unit(10, 6, 19), _fast_config(map_beta=0.1))
+    A = random_rotation(6, 1)
+    B = random_rotation(6, 2)
+    with torch.no_grad():
+        trainer.mapping.U.copy_(A @ torch.diag(torch.linspace(0.8, 1.2, 6)) @ B.T)
+    before = trainer.orthogonality_error()
+    for _ in range(100):
+        trainer.orthogonalize()
+    assert trainer.orthogonality_error() < 1e-4 < before
+
+
+def test_procrustes_recovers_an_exact_rotation_from_pairs():
+    x = _unit(100, 8, 20)
+    R = random_rotation(8, 3)
+    trainer = AdversarialAligner(x, x @ R, _fast_config())
+    trainer.procrustes(torch.stack([torch.arange(100), torch.arange(100)], dim=1))
+    assert torch.allclose(trainer.mapping.U.detach(), R, atol=1e-5)
+    # eq. 3 brute force: no other orthogonal map fits better than the SVD solution
+    noisy = x @ R + 0.05 * torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    trainer = AdversarialAligner(x, noisy, _fast_config())
+    trainer.procrustes(torch.stack([torch.arange(100), torch.arange(100)], dim=1))
+    best = float((x @ trainer.mapping.U.detach() - noisy).norm())
+    for s in range(20):
+        assert best <= float((x @ random_rotation(8, 100 + s) - noisy).norm()) + 1e-6
+    assert best <= float((x @ R - noisy).norm()) + 1e-5
+
+
+def test_map_stays_orthogonal_after_adversarial_training():
+    torch.set_num_threads(1)
+    x = clustered_vectors(400, 16, 10, seed=1)
+    trainer = AdversarialAligner(unit_rows(x), unit_rows(x @ random_rotation(16, 4)),
+                                 _fast_config(epoch_size=3200, n_epochs=2, dis_hidden=64))
+    history = trainer.train_adversarial()
+    U = trainer.mapping.U.detach()
+    assert torch.allclose(U.T @ U, torch.eye(16), atol=1e-3)
+    assert all(row["orth_error"] < 0.1 for row in history)  # the (1+b)U - bUU^TU step alone, before the snap
+
+
+def test_alignment_is_deterministic_and_leaves_global_rng_alone():
+    x = clustered_vectors(300, 8, 6, seed=2)
+    y = x @ random_rotation(8, 5)
+    config = _fast_config(epoch_size=640, n_epochs=1, dis_hidden=16, refinement_rounds=1)
+    state = torch.get_rng_state()
+    a, b = align(x, y, config), align(x, y, config)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.mapping, b.mapping) and a.history == b.history
+
+
+def test_aligner_rejects_spaces_of_different_dimension_with_shapes():
+    with pytest.raises(ValueError, match=r"\(10, 4\) and \(10, 5\)"):
+        AdversarialAligner(torch.randn(10, 4), torch.randn(10, 5), AlignConfig())
+
+
+def test_config_rejects_smoothing_outside_zero_to_half():
+    with pytest.raises(ValueError, match="dis_smooth"):
+        AlignConfig(dis_smooth=0.5)
+
+
+# ---- recovery checks ----------------------------------------------------------------------------------
+
+
+def test_random_rotation_is_seeded_and_orthogonal_with_det_one():
+    R = random_rotation(12, seed=7)
+    assert torch.allclose(R.T @ R, torch.eye(12), atol=1e-5)
+    assert float(torch.linalg.det(R)) == pytest.approx(1.0, abs=1e-4)
+    assert torch.equal(R, random_rotation(12, seed=7)) and not torch.equal(R, random_rotation(12, seed=8))
+
+
+def test_planted_rotation_is_recovered_from_identity():
+    torch.set_num_threads(1)
+    x = clustered_vectors(2000, 64, 40, seed=0)
+    noisy = x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    result = rotation_recovery(x, noisy, _fast_config(), seed=0)
+    assert result.frobenius_identity > 10  # a random rotation, far from the start
+    assert result.p_at_1 >= 0.9
+    assert result.frobenius < 1.0
+    U = result.alignment.mapping
+    assert torch.allclose(U.T @ U, torch.eye(64), atol=1e-3)
+
+
+# ---- dictionary evaluation ----------------------------------------------------------------------------
+
+
+def test_dictionary_reader_names_file_and_line_of_a_malformed_line(tmp_path):
+    path = tmp_path / "en-zh.txt"
+    path.write_text("cat 猫\ndog\n\nbig dog 大狗\n", encoding="utf-8")
+    with pytest.raises(DataFormatError) as err:
+        read_dictionary(path)
+    assert f"{path}:2:" in str(err.value) and f"{path}:4:" in str(err.value)
+    with pytest.warns(UserWarning, match="skipped 2 malformed"):
+        read = read_dictionary(path, on_error="warn")
+    assert read.pairs == [("cat", "猫")] and len(read.bad_lines) == 2
+
+
+def test_translation_precision_counts_missing_pairs_and_allows_any_gold_translation(tmp_path):
+    src_words = [f"s{i}" for i in range(20)]
+    tgt_words = [f"t{i}" for i in range(20)]
+    x = _unit(20, 8, 21)
+    path = tmp_path / "dico.txt"
+    # s0..s9 -> t0..t9 (correct); s10 has a wrong and a right translation; two pairs are out of vocabulary
+    lines = [f"s{i} t{i}" for i in range(10)] + ["s10 t3", "s10 t10", "s11 t12", "zzz t1", "s1 yyy"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="2 of 15 pairs"):
+        scores = translation_precision(path, src_words, x, tgt_words, x.clone())
+    assert scores.n_missing == 2 and scores.missing_source == 1 and scores.missing_target == 1
+    assert scores.n_queries == 12 and scores.n_pairs == 13
+    for method in ("nn", "csls"):
+        assert scores.precision[method][1] == pytest.approx(11 / 12)
+        assert scores.precision[method][10] >= scores.precision[method][5] >= scores.precision[method][1]
+
+
+def test_translation_precision_rejects_word_list_of_wrong_length():
+    with pytest.raises(ValueError, match="3 words for an embedding matrix with 4 rows"):
+        translation_precision([("a", "b")], ["a", "c", "d"], torch.randn(4, 3), ["b"], torch.randn(1, 3))
+
+
+def test_identity_precision_is_one_for_the_true_map():
+    x = _unit(200, 16, 22)
+    R = random_rotation(16, 9)
+    assert identity_precision(x @ R, x @ R) == 1.0
+    assert identity_precision(x, x @ R) < 0.5
+
+
+def test_rotated_target_check_reports_criteria_and_agreement():
+    x = clustered_vectors(300, 8, 6, seed=3)
+    config = _fast_config(epoch_size=640, n_epochs=1, dis_hidden=16, refinement_rounds=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check = rotated_target_check(x, x, config, seed=1, n_queries=100)
+    assert check.criterion_start == pytest.approx(1.0, abs=1e-4)  # identical spaces: aligned at the start
+    assert check.criterion_start_rotated < check.criterion_start
+    assert 0.0 <= check.neighbour_agreement <= 1.0
+    assert check.rotation.shape == (8, 8)
+
