@@ -62,7 +62,7 @@ class AlignConfig:
     # mapping
     map_lr: float = 0.1  # SGD
     map_beta: float = 0.001  # orthogonalisation step, U <- (1 + b) U - b U U^T U
-    project_each_epoch: bool = True  # also snap U to the nearest orthogonal matrix (SVD) after each epoch
+    project_every: int = 1  # SVD-project U onto the orthogonal matrices every this many mapping steps (0: never)
     # adversarial schedule
     batch_size: int = 32  # words per language per step
     n_epochs: int = 5
@@ -190,6 +190,7 @@ class AdversarialAligner:
         self.map_optimizer = torch.optim.SGD(self.mapping.parameters(), lr=config.map_lr)
         self.dis_optimizer = torch.optim.SGD(self.discriminator.parameters(), lr=config.dis_lr)
         self.generator = generator or torch.Generator().manual_seed(config.seed)
+        self.n_mapping_steps = 0
         self.best_criterion = -math.inf
         self.best_mapping = self.mapping.U.detach().clone()
         self._criterion_dropped_before = False
@@ -242,7 +243,8 @@ class AdversarialAligner:
         return float(loss.detach())
 
     def mapping_step(self) -> float:
-        """One SGD step of ``U`` to fool ``D`` (eqs 6-7), then :meth:`orthogonalize`; returns the loss."""
+        """One SGD step of ``U`` to fool ``D`` (eqs 6-7), then :meth:`orthogonalize` (and, every
+        ``project_every`` steps, :meth:`project_orthogonal`); returns the loss."""
         self.discriminator.eval()
         x, is_target = self.sample_batch(grad=True)
         loss = self.mapping_loss(self.discriminator(x), is_target)
@@ -252,6 +254,9 @@ class AdversarialAligner:
         loss.backward()
         self.map_optimizer.step()
         self.orthogonalize()
+        self.n_mapping_steps += 1
+        if self.config.project_every > 0 and self.n_mapping_steps % self.config.project_every == 0:
+            self.project_orthogonal()
         return float(loss.detach())
 
     @torch.no_grad()
@@ -343,13 +348,10 @@ class AdversarialAligner:
             for _ in range(n_iter):
                 dis_losses += [self.dis_step() for _ in range(c.dis_steps)]
                 map_losses.append(self.mapping_step())
-            orth_error = self.orthogonality_error()
-            if c.project_each_epoch:
-                self.project_orthogonal()
             value = self.criterion()
             row = {"stage": "adversarial", "epoch": epoch, "dis_loss": sum(dis_losses) / len(dis_losses),
                    "map_loss": sum(map_losses) / len(map_losses), "criterion": value,
-                   "lr": self.map_optimizer.param_groups[0]["lr"], "orth_error": orth_error,
+                   "lr": self.map_optimizer.param_groups[0]["lr"], "orth_error": self.orthogonality_error(),
                    **self.discriminator_accuracy()}
             history.append(row)
             self._update_lr(value)
