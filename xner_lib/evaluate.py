@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,6 +34,7 @@ from seqeval.scheme import IOB2
 
 from .data.corpus import Dataset
 from .data.labels import VIEWS, harmonise
+from .files import write_atomic
 
 #: the corpus formats whose text is Chinese (predictions pass through ``chinese_prediction``).
 CHINESE_FORMATS: frozenset[str] = frozenset({"weibo", "peoples_daily"})
@@ -214,15 +214,9 @@ def write_metrics(path: str | os.PathLike[str], *, variant: str, encoder: str, s
         "versions": package_versions(),
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json.tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=2, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def dump(fh):
+        json.dump(record, fh, indent=2, ensure_ascii=False, allow_nan=False)
+        fh.write("\n")
+
+    write_atomic(target, dump)
     return record

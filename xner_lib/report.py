@@ -6,8 +6,6 @@ Markdown by :func:`write_table`; figures are written as PNG by :func:`save_figur
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +18,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from .data import CORPUS_FILES, DataFile, Dataset, read_file  # noqa: E402
+from .files import write_atomic  # noqa: E402
 from .paper import TABLE1  # noqa: E402
 
 
@@ -74,20 +73,12 @@ def sentence_lengths(datasets: Iterable[Dataset]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``df`` as ``name.csv`` and ``name.md`` under ``directory`` (atomically); return both paths."""
     directory = Path(directory)
     csv, md = directory / f"{name}.csv", directory / f"{name}.md"
-    _atomic_write_text(csv, df.to_csv(index=False))
-    _atomic_write_text(md, df.to_markdown(index=False) + "\n")
+    write_atomic(csv, lambda fh: fh.write(df.to_csv(index=False)))
+    write_atomic(md, lambda fh: fh.write(df.to_markdown(index=False) + "\n"))
     return csv, md
 
 
