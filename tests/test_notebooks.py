@@ -57,4 +57,8 @@ def test_02_alignment_smoke_saves_mapping_lexicon_and_curves(tmp_path: Path, dat
     assert list(lexicon.columns) == ["english", "chinese", "cosine"] and len(lexicon) > 0
     metrics = json.loads((adir / "metrics.json").read_text())
     assert {"criterion", "check_a", "check_b"} <= set(metrics["scores"])
+    scores = metrics["scores"]
+    assert [c["start"] for c in scores["candidates"]] == ["identity", "similarity"]  # configs: align_starts
+    assert [c["start"] for c in scores["check_a"]["candidates"]] == ["identity", "similarity"]
+    assert scores["chosen_start"] in {"identity", "similarity"}
     assert (adir / "curves.csv").is_file() and (res / "figures" / "alignment_curves.png").is_file()

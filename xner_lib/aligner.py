@@ -8,6 +8,13 @@ orthogonal by ``U <- (1 + b) U - b U U^T U`` after each mapping step, and then r
 orthogonal Procrustes solution (eq. 3) on a lexicon of CSLS mutual nearest neighbours. Model selection
 uses the unsupervised mean-cosine criterion (:func:`xner_lib.lexicon.mean_cosine`).
 
+Starting points (``starts``, not in the paper or MUSE). ``identity`` is eq. 2's initialisation, the paper's
+method. ``similarity`` starts instead from the Procrustes solution (eq. 3) on a seed lexicon built without
+any map from rotation-invariant similarity distributions (Artetxe et al., ACL 2018,
+:func:`xner_lib.lexicon.similarity_lexicon`). The adversarial epochs and refinement then run from each start,
+and the unsupervised criterion picks the winner. This was added because, measured on real e5 vectors,
+adversarial training from the identity does not find a planted rotation (docs/method.md, "Alignment").
+
 Conventions: rows are word vectors (``(V, d)``), sorted by descending frequency; the map acts on the
 right (``x @ U``), so MUSE's ``W`` (acting on columns) is ``U^T``. ``D(x)`` is the probability that ``x``
 is a *target* word (the paper's reading), so the smoothed labels are ``1 - eps`` for target words and
@@ -25,7 +32,7 @@ Public API
     and ``build_lexicon``, ``criterion``, ``discriminator_accuracy``, ``train_adversarial``, ``refine``,
     ``fit``.
 ``align(source, target, config) -> AlignmentResult``
-    Preprocess, adversarial epochs, refinement, best mapping by the criterion.
+    Preprocess; per start and restart: adversarial epochs, refinement; best mapping by the criterion.
 ``AlignmentResult``
     ``mapping`` (d, d), ``lexicon`` (P, 2), ``history``, ``criterion``, ``map_source``.
 """
@@ -42,7 +49,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .lexicon import induce_lexicon, mean_cosine, normalize_embeddings, unit_rows
+from .lexicon import induce_lexicon, mean_cosine, normalize_embeddings, similarity_lexicon, unit_rows
+
+STARTS = ("identity", "similarity")
 
 
 @dataclass
@@ -79,6 +88,8 @@ class AlignConfig:
     # preprocessing: MUSE's normalize_embeddings (MUSE default ""; en-zh needs centring)
     normalize: str = "renorm,center,renorm"
     restarts: int = 1  # independent runs (seeds seed, seed+1, ...); the best criterion wins (not in MUSE)
+    starts: str = "identity"  # comma-separated starting points: identity (eq. 2, MUSE), similarity (Artetxe)
+    similarity_size: int = 4000  # words described by the similarity start (Artetxe et al.'s sim_size)
     seed: int = 0
     progress: bool = True  # tqdm bars over epochs
 
@@ -91,8 +102,15 @@ class AlignConfig:
         for name in ("dis_input_dropout", "dis_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.start_list or any(x not in STARTS for x in self.start_list):
+            raise ValueError(f"starts must be a comma-separated list of {', '.join(STARTS)}, got {self.starts!r}")
         if self.lexicon_build not in ("mutual", "s2t", "t2s", "union"):
             raise ValueError(f"lexicon_build must be mutual, s2t, t2s or union, got {self.lexicon_build!r}")
+
+    @property
+    def start_list(self) -> list[str]:
+        """``starts`` as a list, in order."""
+        return [x.strip() for x in self.starts.split(",") if x.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for metrics.json and YAML)."""
@@ -147,6 +165,8 @@ class AlignmentResult:
             criterion, lr).
         source: (S, d) preprocessed source rows; ``target``: (T, d) preprocessed target rows.
         source_mean: (d,) mean subtracted from the source at preprocessing (``None`` without centring).
+        candidates: one dict per start and restart: ``start``, ``run``, ``seed``, ``criterion`` and the
+            (d, d) ``mapping`` that run kept; the result is the candidate of the best criterion.
         config: the configuration used.
     """
 
@@ -158,6 +178,12 @@ class AlignmentResult:
     target: Tensor
     source_mean: Tensor | None
     config: AlignConfig = field(repr=False)
+    candidates: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """The candidate whose mapping this result holds (best criterion)."""
+        return max(self.candidates, key=lambda c: c["criterion"])
 
     def map_source(self, x: Tensor) -> Tensor:
         """Preprocess new source vectors (V, d) as the training ones were, then map them (eq. 2)."""
@@ -383,7 +409,8 @@ class AdversarialAligner:
         return float((U.T @ U - torch.eye(U.shape[0])).abs().max())
 
     def fit(self) -> list[dict[str, Any]]:
-        """Criterion at identity, adversarial epochs, refinement; leaves the best ``U`` in place."""
+        """Criterion at the start (``U = I`` unless set before), adversarial epochs, refinement; leaves the
+        best ``U`` in place."""
         self._keep_if_best(self.criterion())
         history = [{"stage": "init", "epoch": 0, "criterion": self.best_criterion}]
         if self.config.n_epochs > 0:
@@ -407,25 +434,36 @@ def _check_inputs(source: Tensor, target: Tensor) -> None:
 def align(source: Tensor, target: Tensor, config: AlignConfig | None = None) -> AlignmentResult:
     """Align ``source`` (S, d) onto ``target`` (T, d) without supervision; returns the best map and lexicon.
 
-    Preprocesses both with ``config.normalize``, then runs :meth:`AdversarialAligner.fit` ``config.restarts``
-    times (seeds ``seed``, ``seed + 1``, ...) and keeps the run with the best criterion. Each run has a
-    private random state (the global torch RNG is left as it was), so results are reproducible.
+    Preprocesses both with ``config.normalize``, then, for each of ``config.starts`` (``identity``: ``U = I``,
+    eq. 2; ``similarity``: eq. 3 on :func:`~xner_lib.lexicon.similarity_lexicon`), runs
+    :meth:`AdversarialAligner.fit` ``config.restarts`` times (seeds ``seed``, ``seed + 1``, ...) and keeps
+    the run with the best criterion; every run is listed in ``candidates``. Each run has a private random
+    state (the global torch RNG is left as it was), so results are reproducible.
     """
     config = copy.deepcopy(config) if config is not None else AlignConfig()
     _check_inputs(source, target)
     src, src_mean = normalize_embeddings(source.detach().float(), config.normalize)
     tgt, _ = normalize_embeddings(target.detach().float(), config.normalize)
+    seed_lexicon = (similarity_lexicon(src, tgt, config.similarity_size, config.csls_k)
+                    if "similarity" in config.start_list else None)
     best: AdversarialAligner | None = None
     history: list[dict[str, Any]] = []
-    for run in range(config.restarts):
-        seed = config.seed + run
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            trainer = AdversarialAligner(src, tgt, config, generator=torch.Generator().manual_seed(seed))
-            history += [{"run": run, **row} for row in trainer.fit()]
-        if best is None or trainer.best_criterion > best.best_criterion:
-            best = trainer
+    candidates: list[dict[str, Any]] = []
+    for start in config.start_list:
+        for run in range(config.restarts):
+            seed = config.seed + run
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                trainer = AdversarialAligner(src, tgt, config, generator=torch.Generator().manual_seed(seed))
+                if start == "similarity":
+                    assert seed_lexicon is not None
+                    trainer.procrustes(seed_lexicon)
+                history += [{"start": start, "run": run, **row} for row in trainer.fit()]
+            candidates.append({"start": start, "run": run, "seed": seed, "criterion": trainer.best_criterion,
+                               "mapping": trainer.best_mapping.clone()})
+            if best is None or trainer.best_criterion > best.best_criterion:
+                best = trainer
     assert best is not None
     return AlignmentResult(mapping=best.mapping.U.detach().clone(), lexicon=best.build_lexicon(),
                            criterion=best.best_criterion, history=history, source=src, target=tgt,
-                           source_mean=src_mean, config=config)
+                           source_mean=src_mean, config=config, candidates=candidates)

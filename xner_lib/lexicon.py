@@ -26,6 +26,10 @@ Public API
     Translation pairs ``(source id, target id)``, most confident first.
 ``mean_cosine(src, tgt, method="csls", k=10, max_size=10000, max_rank=10000) -> float``
     The unsupervised model-selection criterion (MUSE's ``mean_cosine-csls_knn_10-S2T-10000``).
+``similarity_distributions(emb, size=4000) -> (size, size)``
+    Rotation-invariant word descriptors (Artetxe et al., ACL 2018): sorted rows of ``sqrt(X X^T)``.
+``similarity_lexicon(src, tgt, size=4000, k=10) -> (P, 2)``
+    A seed lexicon from those descriptors, without any map: the aligner's ``similarity`` start.
 """
 
 from __future__ import annotations
@@ -264,3 +268,46 @@ def mean_cosine(src: Tensor, tgt: Tensor, method: Method = "csls", k: int = 10, 
     if pairs.shape[0] == 0:
         return -1e9
     return float((src[pairs[:, 0]] * tgt[pairs[:, 1]]).sum(dim=1).mean())
+
+
+def similarity_distributions(emb: Tensor, size: int = 4000) -> Tensor:
+    """Rotation-invariant descriptors of the ``size`` most frequent words (Artetxe, Labaka and Agirre, ACL 2018).
+
+    Row ``i`` is the sorted row ``i`` of ``sqrt(X X^T)`` (``X`` the first ``size`` rows of ``emb``; the square
+    root is ``U S U^T`` from ``X = U S V^T``), then centred and renormalised. ``X X^T`` holds only the cosines
+    between words, so ``emb @ R`` gives the same descriptors for any orthogonal ``R`` (eq. 2's map included),
+    and sorting makes them comparable across two vocabularies with no known word correspondence.
+
+    Args:
+        emb: (V, d) word vectors (normalised: unit rows, centred), rows by frequency.
+        size: words described (0: all V).
+
+    Returns:
+        (n, n) float32 unit rows, ``n = min(size, V)`` (or V).
+    """
+    _check_matrix("emb", emb)
+    n = emb.shape[0] if size <= 0 else min(size, emb.shape[0])
+    u, s, _ = torch.linalg.svd(emb[:n].double(), full_matrices=False)
+    sqrt_sim = (u * s) @ u.T
+    desc = sqrt_sim.sort(dim=1).values.float()
+    return normalize_embeddings(desc, "renorm,center,renorm")[0]
+
+
+def similarity_lexicon(src: Tensor, tgt: Tensor, size: int = 4000, k: int = 10) -> Tensor:
+    """Seed lexicon with no map: CSLS nearest neighbours between :func:`similarity_distributions`.
+
+    The two descriptor sets live in different spaces of sizes ``n_s`` and ``n_t``; both are truncated to the
+    smaller so that they can be compared (``sqrt(X X^T)`` rows of equal length). Pairs are taken in both
+    directions (``build="union"``, as Artetxe et al.'s initial dictionary).
+
+    Args:
+        src: (S, d) normalised source vectors; ``tgt``: (T, d) normalised target vectors (``d`` may differ).
+
+    Returns:
+        (P, 2) long ``(source id, target id)`` pairs among the first ``min(size, S, T)`` words of each side.
+    """
+    _check_matrix("src", src)
+    _check_matrix("tgt", tgt)
+    n = min(src.shape[0], tgt.shape[0]) if size <= 0 else min(size, src.shape[0], tgt.shape[0])
+    return induce_lexicon(similarity_distributions(src, n), similarity_distributions(tgt, n), "csls", k,
+                          max_rank=0, build="union")

@@ -201,27 +201,42 @@ def plot_training_curves(metrics: Iterable[dict], smooth: int = 25) -> plt.Figur
 
 # --- alignment (notebook 02) -------------------------------------------------------------------------
 
+def candidates_table(candidates: list[dict]) -> pd.DataFrame:
+    """One row per aligner start and restart (``AlignmentResult.candidates``) without the mapping matrices,
+    best criterion marked ``chosen``."""
+    df = pd.DataFrame([{k: v for k, v in c.items() if k != "mapping"} for c in candidates])
+    if len(df):
+        df["chosen"] = df.index == df["criterion"].idxmax()
+    return df
+
+
 def plot_alignment_curves(history: list[dict]) -> plt.Figure:
-    """Discriminator accuracy and the unsupervised criterion per adversarial epoch / refinement round."""
-    df = pd.DataFrame(history)
+    """Discriminator accuracy and the unsupervised criterion per adversarial epoch / refinement round, one line
+    per aligner start and restart (``start``, ``run`` columns of the history)."""
+    df = pd.DataFrame(history).reset_index(drop=True)
+    keys = [c for c in ("start", "run") if c in df]
+    groups = list(df.groupby(keys, sort=False)) if keys else [("", df)]
     fig, (ax_acc, ax_crit) = plt.subplots(1, 2, figsize=(11, 3.6))
-    df = df.reset_index(drop=True)
-    x = range(len(df))
-    acc_cols = [c for c in df.columns if c.startswith("dis_acc")]
-    for c in acc_cols:
-        ax_acc.plot(x, df[c], marker=".", label=c)
-    ax_acc.set(xlabel="adversarial epoch / refinement round", ylabel="accuracy", title="discriminator (eqs 4-5)")
-    if acc_cols:
-        ax_acc.legend(fontsize=8)
-    if "criterion" in df:
-        ax_crit.plot(x, df["criterion"], marker="o")
-    if "stage" in df:
-        for i, stage in enumerate(df["stage"]):
-            if i and stage != df["stage"][i - 1]:
-                for ax in (ax_acc, ax_crit):
-                    ax.axvline(i - 0.5, color="grey", ls="--", lw=0.8)
-    ax_crit.set(xlabel="adversarial epoch / refinement round", ylabel="mean CSLS cosine",
+    for name, g in groups:
+        label = " ".join(str(n) for n in (name if isinstance(name, tuple) else (name,)))
+        x = range(len(g))
+        if "dis_acc" in g and g["dis_acc"].notna().any():
+            ax_acc.plot(x, g["dis_acc"], marker=".", label=label)
+        if "criterion" in g:
+            ax_crit.plot(x, g["criterion"], marker="o", label=label)
+        if "stage" in g:
+            stages = list(g["stage"])
+            for i in range(1, len(stages)):
+                if stages[i] != stages[i - 1]:
+                    for ax in (ax_acc, ax_crit):
+                        ax.axvline(i - 0.5, color="grey", ls="--", lw=0.8)
+    ax_acc.set(xlabel="step (init, adversarial epochs, refinement rounds)", ylabel="accuracy",
+               title="discriminator accuracy (eqs 4-5)")
+    ax_crit.set(xlabel="step (init, adversarial epochs, refinement rounds)", ylabel="mean CSLS cosine",
                 title="model-selection criterion")
+    for ax in (ax_acc, ax_crit):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, title="start run" if keys else None)
     fig.tight_layout()
     return fig
 
