@@ -152,3 +152,21 @@ def test_evaluation_does_not_import_model_or_training_code():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     loaded = set(ast.literal_eval(out))
     assert "xner_lib.evaluate" in loaded and not {"xner_lib.train", "xner_lib.model"} & loaded
+
+
+def test_git_state_is_dirty_for_changed_code_but_not_for_rewritten_results(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "cpu").mkdir(parents=True)
+    (tmp_path / "results" / "cpu" / "metrics.json").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    state = evaluate.git_state(tmp_path / "results")
+    assert len(state["commit"]) == 40 and state["dirty"] is False
+    (tmp_path / "results" / "cpu" / "metrics.json").write_text('{"rerun": true}\n')  # a rerun rewrites results
+    assert evaluate.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert evaluate.git_state(tmp_path / "results")["dirty"] is True

@@ -140,12 +140,14 @@ def primary_view(fmt: str) -> str:
 # --------------------------------------------------------------------------------------------- metrics.json
 def git_state(repo_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``{"commit": sha or "unknown", "dirty": bool or None}`` of the repository holding ``repo_dir``
-    (default: this package's directory). ``dirty`` means tracked files differ from the commit."""
+    (default: this package's directory). ``dirty`` means tracked files outside ``results/`` differ from the
+    commit: a rerun overwrites the committed results it is about to replace, which says nothing of the code."""
     where = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                 ":(top,exclude)results"], cwd=where,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
