@@ -2,7 +2,7 @@
 
 Check (a) of notebook 02 on real encoder vectors, with the aligner restricted to the paper's start
 (``starts="identity"``) and a longer adversarial schedule, once per training seed. Each run writes
-``results/<profile>/alignment/adversarial/seed<N>.json`` (P@1 on the identity pairs, ``||U - R||``, the
+``results/<profile>/alignment/adversarial/seed<N>[-shrink<x>].json`` (P@1 on the identity pairs, ``||U - R||``, the
 criterion and the per-epoch history, with the git commit and package versions) and prints one line.
 
     python benchmarks/adversarial_seeds.py --profile cpu --seeds 1 2 --epochs 8 --epoch-size 160000
@@ -33,11 +33,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--epochs", type=int, default=8, help="adversarial epochs")
     ap.add_argument("--epoch-size", type=int, default=160_000, help="words per epoch (steps = words / batch)")
+    ap.add_argument("--lr-shrink", type=float, default=None,
+                    help="override the profile's align_lr_shrink (1: never halve the lr when the criterion drops)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     params = load_profile(args.profile)
     base = from_params(AlignConfig, params, "align_")
+    if args.lr_shrink is not None:
+        base = dataclasses.replace(base, lr_shrink=args.lr_shrink)
     enc = load_encoder(params["encoder"])
     tokens = [s.tokens for s in load("conll2003/train.txt", params.get("data_dir"),
                                      max_sentences=params.get("max_sentences"))]
@@ -46,6 +50,7 @@ def main() -> None:
                            max_types=params["recovery_max_types"], lowercase=params["vec_lowercase_en"], part=p)
               for p in (0, 1)]
     out = results_dir(args.profile, params.get("results_root")) / "alignment" / "adversarial"
+    tag = "" if args.lr_shrink is None else f"-shrink{args.lr_shrink:g}"
     for seed in args.seeds:
         cfg = dataclasses.replace(base, starts="identity", seed=seed, n_epochs=args.epochs,
                                   epoch_size=args.epoch_size, progress=False)
@@ -56,11 +61,11 @@ def main() -> None:
         scores = {"p_at_1_csls": rec.p_at_1, "p_at_1_nn": rec.p_at_1_nn, "frobenius": rec.frobenius,
                   "frobenius_identity": rec.frobenius_identity, "criterion": rec.criterion,
                   "steps": args.epochs * (args.epoch_size // cfg.batch_size), "words": len(halves[0])}
-        write_metrics(out / f"seed{seed}.json", variant="adversarial-identity", encoder=params["encoder"], seed=seed,
-                      config=cfg.to_dict(), scores=scores,
+        write_metrics(out / f"seed{seed}{tag}.json", variant="adversarial-identity", encoder=params["encoder"],
+                      seed=seed, config=cfg.to_dict(), scores=scores,
                       extra={"history": history, "minutes": minutes, "threads": args.threads})
-        print(f"seed {seed}: P@1 {rec.p_at_1:.4f} ||U-R|| {rec.frobenius:.2f} (start {rec.frobenius_identity:.2f}) "
-              f"criterion {rec.criterion:.3f} in {minutes:.1f} min", flush=True)
+        print(f"seed {seed}{tag}: P@1 {rec.p_at_1:.4f} ||U-R|| {rec.frobenius:.2f} "
+              f"(start {rec.frobenius_identity:.2f}) criterion {rec.criterion:.3f} in {minutes:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
