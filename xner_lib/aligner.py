@@ -13,7 +13,8 @@ method. ``similarity`` starts instead from the Procrustes solution (eq. 3) on a 
 any map from rotation-invariant similarity distributions (Artetxe et al., ACL 2018,
 :func:`xner_lib.lexicon.similarity_lexicon`). The adversarial epochs and refinement then run from each start,
 and the unsupervised criterion picks the winner. This was added because, measured on real e5 vectors,
-adversarial training from the identity does not find a planted rotation (docs/method.md, "Alignment").
+adversarial training from the identity found a planted rotation in only 1 of 5 runs of 40k steps
+(docs/method.md, "Alignment").
 
 Conventions: rows are word vectors (``(V, d)``), sorted by descending frequency; the map acts on the
 right (``x @ U``), so MUSE's ``W`` (acting on columns) is ``U^T``. ``D(x)`` is the probability that ``x``

@@ -114,16 +114,16 @@ def rotation_recovery(source: Tensor, source_estimate: Tensor | None = None, con
     if R.shape != (d, d):
         raise ValueError(f"rotation must be ({d}, {d}), got {tuple(R.shape)}")
     result = align(source, estimate.float() @ R, config)
-    mapped = result.mapped_source
     k = result.config.csls_k
     candidates = [{"start": c["start"], "run": c["run"], "criterion": c["criterion"],
                    "frobenius": float((c["mapping"] - R).norm()),
                    "p_at_1": identity_precision(result.source @ c["mapping"], result.target, "csls", k, n_queries)}
                   for c in result.candidates]
+    chosen = max(candidates, key=lambda c: c["criterion"])  # the candidate whose map ``result`` holds
     return RecoveryResult(
-        frobenius=float((result.mapping - R).norm()), frobenius_identity=float((torch.eye(d) - R).norm()),
-        p_at_1=identity_precision(mapped, result.target, "csls", result.config.csls_k, n_queries),
-        p_at_1_nn=identity_precision(mapped, result.target, "nn", result.config.csls_k, n_queries),
+        frobenius=chosen["frobenius"], frobenius_identity=float((torch.eye(d) - R).norm()),
+        p_at_1=chosen["p_at_1"],
+        p_at_1_nn=identity_precision(result.mapped_source, result.target, "nn", k, n_queries),
         criterion=result.criterion, rotation=R, alignment=result, candidates=candidates)
 
 
