@@ -226,3 +226,10 @@ def test_run_all_gives_each_notebook_only_its_own_parameters(tmp_path: Path) -> 
         assert given == [n for n in ("max_sentences", "vec_min_count") if n in own]
         assert "--log-output" in extra
     assert "01_data.ipynb" in proc.stdout and "ok" in proc.stdout  # the summary table
+
+
+def test_a_misspelt_head_key_stops_when_the_config_is_built() -> None:
+    """``train_head: {dropuot: 0.5}`` stops at from_params, not with a TypeError after the data are loaded."""
+    with pytest.raises(ConfigError, match="unknown key 'dropuot' in TrainConfig.head.*nearest valid key: 'dropout'"):
+        from_params(TrainConfig, {"train_head": {"dropuot": 0.5}}, "train_")
+    assert from_params(TrainConfig, {"train_head": {"dropout": 0.5, "proj_dim": 100}}, "train_").head["dropout"] == 0.5

@@ -49,7 +49,8 @@ def nearest(name: str, candidates: Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """``nearest valid key: 'K'`` for the :func:`nearest` candidate, or ``no valid key is close``."""
     near = nearest(name, candidates)
     return f"nearest valid key: '{near}'" if near else "no valid key is close"
 
@@ -122,11 +123,11 @@ def check_profile(params: Mapping[str, Any], source: str | Path, notebooks: Iter
     problems = []
     for key in params:
         if key not in declared:
-            problems.append(f"{source}: unknown key '{key}': no notebook declares it; {_did_you_mean(key, declared)}")
+            problems.append(f"{source}: unknown key '{key}': no notebook declares it; {did_you_mean(key, declared)}")
     for key in extra:
         if key not in declared:
             problems.append(f"{source}: unknown parameter '{key}' given on the command line: no notebook declares "
-                            f"it; {_did_you_mean(key, declared)}")
+                            f"it; {did_you_mean(key, declared)}")
     if complete:
         for key, where in declared.items():
             if key not in params and key not in PROFILE_OPTIONAL:
@@ -176,5 +177,5 @@ def from_params(cls: type[T], params: Mapping[str, Any], prefix: str = "", *, ex
         where = f"{source}: " if source is not None else ""
         valid = [prefix + n for n in names]
         raise ConfigError([f"{where}unknown key '{k}': {cls.__name__} has no field '{k[len(prefix):]}'; "
-                           f"{_did_you_mean(k, valid)}" for k in unknown])
+                           f"{did_you_mean(k, valid)}" for k in unknown])
     return cls(**{k[len(prefix):]: v for k, v in chosen.items()})

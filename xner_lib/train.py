@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from .config import ConfigError, did_you_mean
 from .data import Dataset
 from .encoders import Encoder, load_encoder
 from .evaluate import score
@@ -74,6 +75,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
             raise ValueError(f"epochs, batch_size and evals_per_epoch must be positive: {self}")
+        head_fields = {f.name for f in fields(HeadConfig)} - {"input_dim"}  # input_dim comes from the encoder
+        unknown = [k for k in self.head if k not in head_fields]
+        if unknown:
+            raise ConfigError([f"unknown key '{k}' in TrainConfig.head: HeadConfig has no such settable field; "
+                               f"{did_you_mean(k, head_fields)}" for k in unknown])
 
 
 def set_seed(seed: int) -> None:
