@@ -106,3 +106,14 @@ def test_training_and_alignment_write_one_line_per_stage_when_stderr_is_not_a_te
     stages = [line.split(":")[0] for line in err.splitlines()]
     assert stages == ["train seed 1", "predict toy/train", "adversarial", "refinement"], err
     assert err.splitlines()[0].startswith("train seed 1: 12/12 steps in ")
+
+
+def test_smoke_results_are_ignored_by_git() -> None:
+    import subprocess
+
+    from xner_lib.config import REPO_ROOT
+
+    proc = subprocess.run(["git", "check-ignore", "-q", "results/smoke/notebooks/03_training.ipynb"], cwd=REPO_ROOT)
+    assert proc.returncode == 0
+    proc = subprocess.run(["git", "check-ignore", "-q", "results/cpu/notebooks/03_training.ipynb"], cwd=REPO_ROOT)
+    assert proc.returncode == 1
