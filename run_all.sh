@@ -5,8 +5,10 @@
 #
 # With no active virtual environment (or conda environment other than base) it creates .venv here and
 # installs the package into it (again whenever pyproject.toml changes), then registers the Jupyter kernel
-# "xner". Executed notebooks go to results/<profile>/notebooks/; the first failure stops the run with a
-# non-zero exit and keeps the failed notebook, with its error, there.
+# "xner". The profile (and every `-p NAME VALUE` after --) is checked against the notebooks' parameters
+# before anything runs: an unknown key stops the run naming file, key and nearest valid key. Each notebook
+# gets only the parameters it declares. Executed notebooks go to results/<profile>/notebooks/; the first
+# failure stops the run with a non-zero exit and keeps the failed notebook, with its error, there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,7 +21,7 @@ while [ $# -gt 0 ]; do
     --profile=*) profile="${1#*=}"; shift ;;
     --test) run_tests=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +53,30 @@ if [ "$run_tests" = 1 ]; then
   exec python -m pytest "${extra[@]}"
 fi
 
+# --- parameters --------------------------------------------------------------------------------------
+# papermill -p/-r NAME VALUE after -- go only to the notebooks that declare NAME (a run option such as a
+# "fresh" switch appends its own "-p NAME VALUE" to params_p before param_names is built); every other
+# extra argument goes to every notebook.
+params_p=()     # flag name value triples: (-p|-r) NAME VALUE
+passthrough=()
+i=0
+while [ "$i" -lt "${#extra[@]}" ]; do
+  case "${extra[$i]}" in
+    -p|--parameters|-r|--parameters_raw)
+      [ $((i + 2)) -lt "${#extra[@]}" ] || { echo "run_all.sh: ${extra[$i]} needs NAME VALUE" >&2; exit 2; }
+      params_p+=("${extra[$i]}" "${extra[$((i + 1))]}" "${extra[$((i + 2))]}"); i=$((i + 3)) ;;
+    *) passthrough+=("${extra[$i]}"); i=$((i + 1)) ;;
+  esac
+done
+param_names=()
+for ((j = 1; j < ${#params_p[@]}; j += 3)); do param_names+=(--param "${params_p[$j]}"); done
+profile_file="configs/$profile.yaml"
+# one check before any notebook runs: a misspelt key stops here, named with its file and nearest valid key
+python -m xner_lib check-profile "$profile_file" --notebooks notebooks "${param_names[@]}" || {
+  echo "run_all.sh: $profile_file does not match the notebooks' parameters (above); nothing was run" >&2; exit 2; }
+param_dir="$(mktemp -d)"
+trap 'rm -rf "$param_dir"' EXIT
+
 # --- notebooks ---------------------------------------------------------------------------------------
 out="results/$profile/notebooks"
 mkdir -p "$out"
@@ -60,7 +86,16 @@ for nb in notebooks/[0-9]*.ipynb; do
   name="$(basename "$nb")"
   echo ">> $name ($profile)"
   start=$(date +%s)
-  if papermill "$nb" "$out/$name" -k xner -f "configs/$profile.yaml" --cwd . "${extra[@]}"; then
+  # this notebook's own parameters: its subset of the profile, and the -p/-r names it declares
+  nb_yaml="$param_dir/${name%.ipynb}.yaml"
+  nb_params=()
+  if own="$(python -m xner_lib params "$nb" "$profile_file" --out "$nb_yaml" "${param_names[@]}")"; then
+    for ((j = 0; j < ${#params_p[@]}; j += 3)); do
+      if grep -qxF -- "${params_p[$((j + 1))]}" <<<"$own"; then nb_params+=("${params_p[@]:$j:3}"); fi
+    done
+  fi
+  if [ -f "$nb_yaml" ] && papermill "$nb" "$out/$name" -k xner -f "$nb_yaml" "${nb_params[@]}" --cwd . \
+       "${passthrough[@]}"; then
     status=ok
   else
     status=FAILED; rc=1

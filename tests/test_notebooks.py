@@ -2,20 +2,45 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 import papermill as pm
 import pytest
 
-from xner_lib.config import REPO_ROOT, load_profile
+from xner_lib.config import REPO_ROOT, load_profile, notebook_subset
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def _run(name: str, tmp_path: Path) -> Path:
-    params = load_profile("smoke") | {"results_root": str(tmp_path)}
+    """Execute notebook ``name`` on the smoke profile as run_all.sh does (its own parameters only); check
+    that papermill warned of no unknown parameter and that the executed copy holds no progress-bar text."""
+    path = REPO_ROOT / "notebooks" / name
+    params = notebook_subset(load_profile("smoke"), path) | {"results_root": str(tmp_path)}
     out = tmp_path / name
-    pm.execute_notebook(str(REPO_ROOT / "notebooks" / name), str(out), parameters=params,
-                        kernel_name="python3", cwd=str(REPO_ROOT), progress_bar=False)
+    records = _Records()
+    logger = logging.getLogger("papermill")
+    logger.addHandler(records)
+    try:
+        pm.execute_notebook(str(path), str(out), parameters=params, kernel_name="python3", cwd=str(REPO_ROOT),
+                            progress_bar=False)
+    finally:
+        logger.removeHandler(records)
+    assert not [m for m in records.messages if "unknown parameter" in m], records.messages
+    streams = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", [])
+               if o["output_type"] == "stream"]
+    text = "".join("".join(o["text"]) if isinstance(o["text"], list) else o["text"] for o in streams)
+    assert "\r" not in text and "IProgress not found" not in text and len(text) < 20_000, text[-2000:]
     return tmp_path / "results" / "smoke"
 
 

@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .lexicon import induce_lexicon, mean_cosine, normalize_embeddings, similarity_lexicon, unit_rows
+from .progress import progress
 
 STARTS = ("identity", "similarity")
 
@@ -92,7 +92,7 @@ class AlignConfig:
     starts: str = "identity"  # comma-separated starting points: identity (eq. 2, MUSE), similarity (Artetxe)
     similarity_size: int = 4000  # words described by the similarity start (Artetxe et al.'s sim_size)
     seed: int = 0
-    progress: bool = True  # tqdm bars over epochs
+    progress: bool = True  # xner_lib.progress over epochs (a bar in a terminal, one line in a notebook)
 
     def __post_init__(self) -> None:
         if not 0 <= self.dis_smooth < 0.5:
@@ -370,7 +370,7 @@ class AdversarialAligner:
         c = self.config
         history = []
         n_iter = max(1, c.epoch_size // c.batch_size)
-        for epoch in tqdm(range(c.n_epochs), desc="adversarial", disable=not c.progress):
+        for epoch in progress(range(c.n_epochs), desc="adversarial", unit="epochs", disable=not c.progress):
             dis_losses, map_losses = [], []
             for _ in range(n_iter):
                 dis_losses += [self.dis_step() for _ in range(c.dis_steps)]
@@ -393,7 +393,8 @@ class AdversarialAligner:
         history = []
         with torch.no_grad():
             self.mapping.U.copy_(self.best_mapping)
-        for rnd in tqdm(range(c.refinement_rounds), desc="refinement", disable=not c.progress):
+        for rnd in progress(range(c.refinement_rounds), desc="refinement", unit="rounds",
+                            disable=not c.progress):
             lexicon = self.build_lexicon()
             if lexicon.shape[0] == 0:
                 break

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import Dataset, Sentence
 from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_identity
+from .progress import Progress
+from .progress import progress as progress_bar
 from .units import UNIT_RULE, EncodedSentence, encode_sentences
 
 CACHE_FORMAT = "xner-features-v1"
@@ -151,7 +152,7 @@ def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tok
 
 
 def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 4096,
-                          stride: int | None = None, progress: tqdm | None = None) -> list[torch.Tensor]:
+                          stride: int | None = None, progress: Progress | None = None) -> list[torch.Tensor]:
     """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order).
 
     Runs in eval mode without gradients (the model's mode is restored); sentences are sorted by length
@@ -260,8 +261,8 @@ def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | S
         _read_shard(root / f"shard-{k:05d}.pt", [e.n_units for e in encoded[s:s + shard_size]])
         for k, s in enumerate(starts)]
     done = sum(len(encoded[s:s + shard_size]) for s, sh in zip(starts, shards, strict=True) if sh is not None)
-    with tqdm(total=len(encoded), initial=done, disable=not progress, unit="sent",
-              desc=f"features {encoder.name} {language}") as bar:
+    with progress_bar(total=len(encoded), initial=done, disable=not progress, unit="sent",
+                      desc=f"features {encoder.name} {language}") as bar:
         for k, s in enumerate(starts):
             if shards[k] is None:
                 shards[k] = extract_unit_features(encoder, encoded[s:s + shard_size], batch_tokens=batch_tokens,

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .config import ConfigError, did_you_mean
 from .data import Dataset
 from .encoders import Encoder, load_encoder
 from .evaluate import score
 from .features import cached_unit_features, unit_vectors
 from .model import BiLstmCrfHead, HeadConfig
+from .progress import progress as progress_bar
 from .units import EncodedSentence, encode_sentences, spread_tags, unit_tags
 
 
@@ -74,6 +75,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
             raise ValueError(f"epochs, batch_size and evals_per_epoch must be positive: {self}")
+        head_fields = {f.name for f in fields(HeadConfig)} - {"input_dim"}  # input_dim comes from the encoder
+        unknown = [k for k in self.head if k not in head_fields]
+        if unknown:
+            raise ConfigError([f"unknown key '{k}' in TrainConfig.head: HeadConfig has no such settable field; "
+                               f"{did_you_mean(k, head_fields)}" for k in unknown])
 
 
 def set_seed(seed: int) -> None:
@@ -170,8 +176,8 @@ def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool
     order = sorted(range(len(data.encoded)), key=lambda i: len(data.encoded[i].input_ids))
     out: list[list[str] | None] = [None] * len(order)
     labels = tagger.head.config.labels
-    bar = tqdm(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", unit="sent",
+                       disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         cached = [data.cached[i] for i in idx] if data.cached is not None else None
@@ -253,7 +259,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     gold_dev = [s.tags for s in dev_data.dataset.sentences]
     start = time.perf_counter()
     step = 0
-    bar = tqdm(total=total, desc=f"train seed {cfg.seed}", disable=not progress)
+    bar = progress_bar(total=total, desc=f"train seed {cfg.seed}", unit="steps", disable=not progress)
     tagger.train()
     for _epoch in range(n_epochs):
         for batch in length_batches(lengths, cfg.batch_size, rng):
