@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Run every notebook of one profile headlessly with papermill, in order; or (--test) run the test suite.
 #
-#   ./run_all.sh [--profile smoke|cpu|paper] [--test] [-- extra papermill args]
+#   ./run_all.sh [--profile smoke|cpu|paper] [--fresh] [--test] [-- extra papermill args]
 #
 # With no active virtual environment (or conda environment other than base) it creates .venv here and
 # installs the package into it (again whenever pyproject.toml changes), then registers the Jupyter kernel
-# "xner". Executed notebooks go to results/<profile>/notebooks/; the first failure stops the run with a
-# non-zero exit and keeps the failed notebook, with its error, there.
+# "xner". --fresh retrains every run instead of reading cached ones back. Executed notebooks go to
+# results/<profile>/notebooks/; the first failure stops the run with a non-zero exit and keeps the failed
+# notebook, with its error, there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 profile=cpu
 run_tests=0
+fresh=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="${2:?--profile needs a value: smoke, cpu or paper}"; shift 2 ;;
     --profile=*) profile="${1#*=}"; shift ;;
     --test) run_tests=1; shift ;;
+    --fresh) fresh=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +63,10 @@ for nb in notebooks/[0-9]*.ipynb; do
   name="$(basename "$nb")"
   echo ">> $name ($profile)"
   start=$(date +%s)
-  if papermill "$nb" "$out/$name" -k xner -f "configs/$profile.yaml" --cwd . "${extra[@]}"; then
+  # --fresh: a notebook that declares a `fresh` parameter retrains every run instead of reading it back
+  fresh_args=()
+  if [ "$fresh" = 1 ] && grep -q '^ *"fresh = ' "$nb"; then fresh_args=(-p fresh True); fi
+  if papermill "$nb" "$out/$name" -k xner -f "configs/$profile.yaml" --cwd . "${fresh_args[@]}" "${extra[@]}"; then
     status=ok
   else
     status=FAILED; rc=1
