@@ -4,10 +4,10 @@
 #   ./run_all.sh [--profile smoke|cpu|paper] [--fresh] [--test] [-- extra papermill args]
 #
 # With no active virtual environment (or conda environment other than base) it creates .venv here and
-# installs the package into it (again whenever pyproject.toml changes), then registers the Jupyter kernel
-# "xner". --fresh retrains every run instead of reading cached ones back. Executed notebooks go to
-# results/<profile>/notebooks/; the first failure stops the run with a non-zero exit and keeps the failed
-# notebook, with its error, there.
+# installs the package into it with the exact versions of requirements.lock (again whenever pyproject.toml or
+# the lock changes), then registers the Jupyter kernel "xner". --fresh retrains every run instead of reading
+# cached ones back. Executed notebooks go to results/<profile>/notebooks/; the first failure stops the run
+# with a non-zero exit and keeps the failed notebook, with its error, there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -41,11 +41,11 @@ if [ -z "$active" ]; then
   source .venv/bin/activate
 fi
 stamp="$(python -c 'import sys; print(sys.prefix)')/.xner-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c 'import xner_lib' 2>/dev/null; then
-  echo ">> installing xner_lib and its pinned dependencies into $(python -c 'import sys; print(sys.prefix)')"
+  echo ">> installing xner_lib and the exact versions of requirements.lock into $(python -c 'import sys; print(sys.prefix)')"
   python -m pip install --upgrade --quiet pip
-  python -m pip install --quiet -e ".[dev]"
+  python -m pip install --quiet -c requirements.lock -e ".[dev]"
   python -m ipykernel install --sys-prefix --name xner --display-name "Python (xner)" >/dev/null
   echo "$want" > "$stamp"
 fi

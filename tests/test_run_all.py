@@ -25,7 +25,7 @@ def run_all(tmp_path: Path):
     (whose prefix is a temporary folder) and ``papermill`` that only log their arguments."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("run_all.sh", "pyproject.toml"):
+    for name in ("run_all.sh", "pyproject.toml", "requirements.lock"):
         shutil.copy2(REPO / name, repo / name)
     for name in ("notebooks", "configs"):
         shutil.copytree(REPO / name, repo / name)
@@ -38,7 +38,8 @@ def run_all(tmp_path: Path):
            "FAKE_LOG": str(log)}
 
     def current_stamp() -> str:
-        return hashlib.sha256((repo / "pyproject.toml").read_bytes()).hexdigest()
+        return hashlib.sha256((repo / "pyproject.toml").read_bytes()
+                              + (repo / "requirements.lock").read_bytes()).hexdigest()
 
     def run(*args: str, stamp: str | None = "current") -> list[str]:
         """The logged calls of ``run_all.sh *args`` with the install stamp ``stamp`` (None: no stamp)."""
@@ -67,3 +68,14 @@ def test_fresh_reaches_only_the_notebooks_that_declare_it(run_all) -> None:
     assert "-p fresh True" in fresh["03_training.ipynb"]
     assert not any("fresh" in fresh[n] for n in fresh if n != "03_training.ipynb")
 
+
+def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None:
+    assert not any(" pip install" in line for line in run_all("--test")), "an up-to-date stamp installs nothing"
+    lines = run_all("--test", stamp=None)
+    installs = [line for line in lines if "-m pip install" in line and "-e .[dev]" in line]
+    assert installs and "-c requirements.lock" in installs[0]
+    before = run_all.current_stamp()
+    with open(run_all.repo / "requirements.lock", "a") as fh:
+        fh.write("# changed\n")
+    assert any("-c requirements.lock" in line for line in run_all("--test", stamp=before)), \
+        "a changed lock reinstalls"
