@@ -142,3 +142,19 @@ def test_figures_are_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
         report.save_figure(fig, tmp_path / "figures", "f")
     plt.close(fig)
     assert path.read_bytes() == good and os.listdir(path.parent) == ["f.png"]
+
+
+def test_no_module_or_notebook_hand_rolls_its_own_temp_then_rename() -> None:
+    """One place per idea: temporary files and renames live in xner_lib/files.py only, and results are not
+    written straight to their final path with numpy or pandas."""
+    import re
+
+    from xner_lib.config import REPO_ROOT
+
+    banned = re.compile(r"\bos\.(replace|rename)\(|\btempfile\.|\bnp\.save\((?!fh\b)|\.to_csv\((?!\)|index=|sep=)"
+                        r"|\.savefig\((?!fh\b)")
+    sources = [p for p in sorted((REPO_ROOT / "xner_lib").rglob("*.py")) if p.name != "files.py"]
+    sources += sorted((REPO_ROOT / "notebooks").glob("*.ipynb")) + sorted((REPO_ROOT / "benchmarks").glob("*.py"))
+    hits = [f"{p.relative_to(REPO_ROOT)}:{n}: {line.strip()}" for p in sources
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if banned.search(line)]
+    assert not hits, "write through xner_lib.files instead:\n" + "\n".join(hits)
