@@ -12,6 +12,8 @@ from xner_lib.aligner import AdversarialAligner, AlignConfig, Discriminator, Ort
 from xner_lib.alignment_checks import identity_precision, random_rotation, rotated_target_check, rotation_recovery
 from xner_lib.data import DataFormatError
 from xner_lib.lexicon import (
+    csls,
+    csls_penalties,
     csls_scores,
     induce_lexicon,
     knn_mean_similarity,
@@ -50,8 +52,8 @@ def _fast_config(**overrides) -> AlignConfig:
 # ---- CSLS and lexicon induction -------------------------------------------------------------------------
 
 
-def test_csls_matches_brute_force():
-    src, tgt, k = _unit(7, 5, 1), _unit(9, 5, 2), 3
+def brute_csls(src: torch.Tensor, tgt: torch.Tensor, k: int) -> torch.Tensor:
+    """CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y) (Conneau et al. 2018), one number at a time in Python floats."""
 
     def cos(a, b):
         return sum(float(x) * float(y) for x, y in zip(a, b, strict=True))
@@ -60,20 +62,58 @@ def test_csls_matches_brute_force():
         sims = sorted((cos(vec, row) for row in space), reverse=True)
         return sum(sims[:k]) / k
 
-    expected = torch.tensor([[2 * cos(x, y) - r(x, tgt) - r(y, src) for y in tgt] for x in src])
+    r_src, r_tgt = [r(x, tgt) for x in src], [r(y, src) for y in tgt]
+    return torch.tensor([[2 * cos(x, y) - r_src[i] - r_tgt[j] for j, y in enumerate(tgt)] for i, x in enumerate(src)])
+
+
+def test_csls_matches_brute_force():
+    src, tgt, k = _unit(7, 5, 1), _unit(9, 5, 2), 3
+    expected = brute_csls(src, tgt, k)
     assert torch.allclose(csls_scores(src, tgt, k), expected, atol=1e-5)
     ids = torch.tensor([4, 0])
     assert torch.allclose(csls_scores(src, tgt, k, src_ids=ids), expected[ids], atol=1e-5)
+    r_src, r_tgt = csls_penalties(src, tgt, k)
+    assert torch.allclose(csls(src @ tgt.T, r_src, r_tgt), expected, atol=1e-5)
 
 
 def test_nearest_neighbours_rank_by_csls_and_by_cosine():
     src, tgt = _unit(30, 8, 3), _unit(40, 8, 4)
-    scores, ids = nearest_neighbours(src, tgt, "csls", k=5, topk=4)
-    full = csls_scores(src, tgt, 5)
-    assert torch.equal(ids, full.topk(4, dim=1).indices)
-    assert torch.allclose(scores, full.topk(4, dim=1).values, atol=1e-5)
+    expected = brute_csls(src, tgt, 5).topk(4, dim=1)
+    for batch_size in (1024, 7):  # one batch, and batches that split the queries
+        scores, ids = nearest_neighbours(src, tgt, "csls", k=5, topk=4, batch_size=batch_size)
+        assert torch.equal(ids, expected.indices)
+        assert torch.allclose(scores, expected.values, atol=1e-5)
     _, nn_ids = nearest_neighbours(src, tgt, "nn", topk=1)
     assert torch.equal(nn_ids[:, 0], (src @ tgt.T).argmax(dim=1))
+
+
+def test_every_csls_score_goes_through_the_one_function(monkeypatch):
+    """One place per idea: retrieval, lexicon induction, the criterion and the similarity start all score
+    with lexicon.csls, so changing it changes them all."""
+    from xner_lib import lexicon
+
+    calls: list[int] = []
+    real = lexicon.csls
+
+    def spy(cos, r_src, r_tgt):
+        calls.append(cos.shape[0])
+        return real(cos, r_src, r_tgt)
+
+    monkeypatch.setattr(lexicon, "csls", spy)
+    src, tgt = _unit(30, 8, 3), _unit(40, 8, 4)
+    consumers = {"csls_scores": lambda: csls_scores(src, tgt, 5),
+                 "nearest_neighbours": lambda: nearest_neighbours(src, tgt, "csls", k=5),
+                 "induce_lexicon": lambda: induce_lexicon(src, tgt, "csls", k=5),
+                 "mean_cosine": lambda: mean_cosine(src, tgt, "csls", k=5),
+                 "similarity_lexicon": lambda: similarity_lexicon(src, tgt, size=20),
+                 "identity_precision": lambda: identity_precision(src, tgt[:30])}
+    for name, run in consumers.items():
+        calls.clear()
+        run()
+        assert calls, f"{name} scored CSLS without lexicon.csls"
+    calls.clear()
+    nearest_neighbours(src, tgt, "nn", k=5)
+    assert not calls
 
 
 def test_knn_mean_similarity_is_mean_of_top_k_cosines():
@@ -85,7 +125,7 @@ def test_knn_mean_similarity_is_mean_of_top_k_cosines():
 def test_induced_lexicon_pairs_are_mutual_csls_nearest_neighbours():
     src, tgt = _unit(60, 6, 7), _unit(50, 6, 8)
     lexicon = induce_lexicon(src, tgt, "csls", k=5, max_rank=0, build="mutual")
-    full = csls_scores(src, tgt, 5)
+    full = brute_csls(src, tgt, 5)
     assert lexicon.shape[0] > 0
     for i, j in lexicon.tolist():
         assert full[i].argmax() == j and full[:, j].argmax() == i
@@ -94,10 +134,20 @@ def test_induced_lexicon_pairs_are_mutual_csls_nearest_neighbours():
     assert {tuple(p) for p in lexicon.tolist()} == mutual
 
 
-def test_lexicon_max_rank_keeps_only_frequent_words():
-    src, tgt = _unit(60, 6, 9), _unit(50, 6, 10)
-    lexicon = induce_lexicon(src, tgt, max_rank=20)
-    assert lexicon.numel() == 0 or int(lexicon.max()) < 20
+def test_lexicon_max_rank_keeps_only_mutual_pairs_among_the_frequent_words():
+    src = _unit(60, 6, 9)
+    tgt = unit_rows(src[:50] + 0.3 * torch.randn(50, 6, generator=torch.Generator().manual_seed(10)))
+    full = brute_csls(src, tgt, 10)  # penalties over the whole vocabularies, as MUSE
+    best_t, best_s = full.argmax(dim=1), full.argmax(dim=0)
+    s2t = {(i, int(best_t[i])) for i in range(20)}  # the 20 most frequent sources, searched over all targets
+    t2s = {(int(best_s[j]), j) for j in range(20)}
+    expected = {(i, j) for i, j in s2t & t2s if i < 20 and j < 20}
+    unlimited = {tuple(p) for p in induce_lexicon(src, tgt, max_rank=0).tolist()}
+    assert len(expected) >= 10 and any(max(p) >= 20 for p in unlimited)  # the limit has something to remove
+    assert {tuple(p) for p in induce_lexicon(src, tgt, max_rank=20).tolist()} == expected
+    one_way = {(i, j) for i, j in s2t if j < 20}  # a frequent source whose best target is rare is dropped
+    assert len(one_way) < len(s2t)
+    assert {tuple(p) for p in induce_lexicon(src, tgt, max_rank=20, build="s2t").tolist()} == one_way
 
 
 def test_mean_cosine_is_one_for_identical_spaces_and_lower_for_unrelated():
