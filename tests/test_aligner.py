@@ -163,7 +163,9 @@ def test_normalize_embeddings_centres_then_gives_unit_rows():
     x = torch.randn(50, 8, generator=torch.Generator().manual_seed(13)) + 3
     out, mean = normalize_embeddings(x, "renorm,center,renorm")
     assert torch.allclose(out.norm(dim=1), torch.ones(50), atol=1e-5)
-    assert mean is not None and mean.shape == (8,)
+    unit = x / x.norm(dim=1, keepdim=True)
+    assert mean is not None and torch.allclose(mean, unit.mean(dim=0))  # centred after the first renorm
+    assert torch.allclose(out, unit_rows(unit - unit.mean(dim=0)), atol=1e-6)
     again, _ = normalize_embeddings(x, "renorm,center,renorm", mean=mean)
     assert torch.allclose(again, out)
     with pytest.raises(ValueError, match="unknown normalisation step"):
