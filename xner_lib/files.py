@@ -63,24 +63,23 @@ def atomic_file(path: str | os.PathLike[str], binary: bool = False) -> Iterator[
         raise
 
 
+def _write(path: str | os.PathLike[str], content: object, binary: bool) -> Path:
+    with atomic_file(path, binary=binary) as fh:
+        if callable(content):
+            content(fh)
+        else:
+            fh.write(content)
+    return Path(path)
+
+
 def write_atomic(path: str | os.PathLike[str], content: str | Callable[[TextIO], object]) -> Path:
     """Create ``path`` with ``content`` (a string, or ``content(fh)`` on a UTF-8 text handle), atomically."""
-    with atomic_file(path) as fh:
-        if isinstance(content, str):
-            fh.write(content)
-        else:
-            content(fh)  # type: ignore[arg-type]
-    return Path(path)
+    return _write(path, content, binary=False)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], content: bytes | Callable[[BinaryIO], object]) -> Path:
     """Create ``path`` with ``content`` (bytes, or ``content(fh)`` on a binary handle), atomically."""
-    with atomic_file(path, binary=True) as fh:
-        if isinstance(content, bytes | bytearray | memoryview):
-            fh.write(content)
-        else:
-            content(fh)  # type: ignore[arg-type]
-    return Path(path)
+    return _write(path, content, binary=True)
 
 
 @contextmanager
