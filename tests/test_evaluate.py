@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +124,8 @@ def test_metrics_json_records_run_code_and_environment(tmp_path):
     assert rec["git"]["commit"] == head and isinstance(rec["git"]["dirty"], bool)
     assert set(rec["versions"]) == {*evaluate.VERSIONED_PACKAGES, "python"}
     assert rec["versions"]["seqeval"] == "1.2.2"
-    assert datetime.strptime(rec["timestamp_utc"], "%Y-%m-%dT%H:%M:%SZ")
+    written = datetime.strptime(rec["timestamp_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert abs((datetime.now(timezone.utc) - written).total_seconds()) < 600
 
 
 def test_metrics_outside_a_repository_say_unknown(tmp_path):

@@ -85,5 +85,7 @@ def test_02_alignment_smoke_saves_mapping_lexicon_and_curves(tmp_path: Path, dat
     scores = metrics["scores"]
     assert [c["start"] for c in scores["candidates"]] == ["identity", "similarity"]  # configs: align_starts
     assert [c["start"] for c in scores["check_a"]["candidates"]] == ["identity", "similarity"]
-    assert scores["chosen_start"] in {"identity", "similarity"}
+    best = max(scores["candidates"], key=lambda c: c["criterion"])
+    assert scores["chosen_start"] == best["start"] and best["chosen"]  # the unsupervised criterion picks
+    assert scores["criterion"] == pytest.approx(best["criterion"])
     assert (adir / "curves.csv").is_file() and (res / "figures" / "alignment_curves.png").is_file()

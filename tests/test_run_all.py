@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def run_all(tmp_path: Path):
     bin_dir, prefix, log = tmp_path / "bin", tmp_path / "prefix", tmp_path / "log"
     bin_dir.mkdir()
     prefix.mkdir()
-    _fake(bin_dir, "python", f'case "$*" in *"print(sys.prefix)"*) echo "{prefix}" ;; esac')
+    # the library's own commands (profile check, per-notebook parameters) run for real
+    _fake(bin_dir, "python", f'case "$*" in *"print(sys.prefix)"*) echo "{prefix}" ;; '
+                             f'"-m xner_lib "*) exec "{sys.executable}" "$@" ;; esac')
     _fake(bin_dir, "papermill", "")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(prefix),
            "FAKE_LOG": str(log)}

@@ -33,6 +33,9 @@ def test_occurrence_vectors_give_one_vector_per_word(tmp_path) -> None:
     feats = occurrence_vectors(enc, toks, tmp_path, progress=False)
     assert [f.shape for f in feats] == [(2, enc.hidden_size), (3, enc.hidden_size)]
     zh = type_vectors(toks[:1], feats[:1])
-    chars = type_vectors([["北", "京"]], [torch.zeros(2, enc.hidden_size)])
+    h = enc.hidden_size
+    chars = type_vectors([["北", "京", "北京"]], [torch.stack([torch.zeros(h), torch.ones(h), torch.full((h,), 7.0)])])
     both = merge(zh, chars)
-    assert both.words == ["北京", "天安门", "北", "京"] and both.vectors.shape == (4, enc.hidden_size)
+    assert both.words == ["北京", "天安门", "北", "京"] and both.counts == [1, 1, 1, 1]
+    assert torch.equal(both.vectors, torch.cat([zh.vectors, chars.vectors[:2]]))  # 北京 keeps the word's vector
+    assert torch.allclose(zh.vectors, feats[0].float())  # one occurrence each: the occurrence vector itself

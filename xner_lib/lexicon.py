@@ -18,8 +18,12 @@ Public API
     Rows scaled to unit length.
 ``knn_mean_similarity(queries, keys, k=10) -> (Q,)``
     ``r(x)``: mean cosine of each query to its ``k`` nearest keys (the CSLS penalty).
+``csls_penalties(src, tgt, k=10, src_ids=None) -> (r_src, r_tgt)``
+    ``r_T(x)`` of each source and ``r_S(y)`` of each target.
+``csls(cos, r_src, r_tgt) -> (Q, T)``
+    ``CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y)``: the one CSLS implementation, on a block of cosines.
 ``csls_scores(src, tgt, k=10, src_ids=None) -> (Q, T)``
-    ``CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y)``.
+    The whole CSLS matrix.
 ``nearest_neighbours(src, tgt, method="csls", k=10, topk=10, src_ids=None) -> (scores, ids)``
     Top targets of each source query under ``"nn"`` (cosine) or ``"csls"``.
 ``induce_lexicon(src, tgt, method="csls", k=10, max_rank=15000, build="mutual", max_size=0) -> (P, 2)``
@@ -119,26 +123,50 @@ def knn_mean_similarity(queries: Tensor, keys: Tensor, k: int = 10, batch_size: 
     return torch.cat(out)
 
 
-def csls_scores(src: Tensor, tgt: Tensor, k: int = 10, src_ids: Tensor | None = None) -> Tensor:
-    """Cross-domain similarity local scaling, ``CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y)``.
+def csls_penalties(src: Tensor, tgt: Tensor, k: int = 10, src_ids: Tensor | None = None,
+                   batch_size: int = _BATCH) -> tuple[Tensor, Tensor]:
+    """The two CSLS penalties: ``r_T(x)`` of each (queried) mapped source and ``r_S(y)`` of each target.
 
-    ``r_T(x)`` is the mean cosine of mapped source ``x`` to its ``k`` nearest targets, ``r_S(y)`` that of
-    target ``y`` to its ``k`` nearest mapped sources (both over the whole vocabularies).
+    ``r_T(x)`` is the mean cosine of ``x`` to its ``k`` nearest targets, ``r_S(y)`` that of ``y`` to its
+    ``k`` nearest mapped sources, both over the whole vocabularies (Conneau et al. 2018, section 2.3).
 
     Args:
         src: (S, d) unit rows of the mapped source vectors.
         tgt: (T, d) unit rows of the target vectors.
-        k: neighbourhood size.
-        src_ids: (Q,) source rows to score; all S rows when ``None``.
+        src_ids: (Q,) source rows whose ``r_T`` is wanted; all S rows when ``None``.
+
+    Returns:
+        ``(r_src, r_tgt)``: (Q,) and (T,).
+    """
+    _check_pair(src, tgt)
+    query = src if src_ids is None else src[src_ids]
+    return knn_mean_similarity(query, tgt, k, batch_size), knn_mean_similarity(tgt, src, k, batch_size)
+
+
+def csls(cos: Tensor, r_src: Tensor, r_tgt: Tensor) -> Tensor:
+    """Cross-domain similarity local scaling, ``CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y)``.
+
+    The one implementation of CSLS (Conneau et al. 2018, section 2.3); every CSLS score in the project
+    goes through it.
+
+    Args:
+        cos: (Q, T) cosines of Q mapped sources to T targets.
+        r_src: (Q,) ``r_T`` of those sources; ``r_tgt``: (T,) ``r_S`` of those targets
+            (:func:`csls_penalties`).
 
     Returns:
         (Q, T) scores.
     """
-    _check_pair(src, tgt)
-    r_src = knn_mean_similarity(src if src_ids is None else src[src_ids], tgt, k)
-    r_tgt = knn_mean_similarity(tgt, src, k)
+    return 2 * cos - r_src[:, None] - r_tgt[None, :]
+
+
+def csls_scores(src: Tensor, tgt: Tensor, k: int = 10, src_ids: Tensor | None = None) -> Tensor:
+    """The full (Q, T) matrix of :func:`csls` between mapped sources ``src`` (S, d) and targets ``tgt``
+    (T, d), unit rows, with penalties over ``k`` neighbours; ``src_ids`` (Q,) selects the source rows
+    (all S when ``None``)."""
+    r_src, r_tgt = csls_penalties(src, tgt, k, src_ids)
     query = src if src_ids is None else src[src_ids]
-    return 2 * query @ tgt.T - r_src[:, None] - r_tgt[None, :]
+    return csls(query @ tgt.T, r_src, r_tgt)
 
 
 def nearest_neighbours(src: Tensor, tgt: Tensor, method: Method = "csls", k: int = 10, topk: int = 10,
@@ -159,13 +187,12 @@ def nearest_neighbours(src: Tensor, tgt: Tensor, method: Method = "csls", k: int
     ids = torch.arange(src.shape[0]) if src_ids is None else torch.as_tensor(src_ids, dtype=torch.long)
     topk = min(topk, tgt.shape[0])
     if method == "csls":
-        r_src = knn_mean_similarity(src[ids], tgt, k, batch_size)
-        r_tgt = knn_mean_similarity(tgt, src, k, batch_size)
+        r_src, r_tgt = csls_penalties(src, tgt, k, ids, batch_size)
     scores, targets = [], []
     for i in range(0, ids.shape[0], batch_size):
         s = src[ids[i:i + batch_size]] @ tgt.T
         if method == "csls":
-            s = 2 * s - r_src[i:i + batch_size, None] - r_tgt[None, :]
+            s = csls(s, r_src[i:i + batch_size], r_tgt)
         top = s.topk(topk, dim=1)
         scores.append(top.values)
         targets.append(top.indices)
@@ -184,7 +211,7 @@ def _candidates(src: Tensor, tgt: Tensor, r_src: Tensor | None, r_tgt: Tensor | 
     for i in range(0, n_src, _BATCH):
         s = src[i:min(i + _BATCH, n_src)] @ tgt.T
         if r_src is not None and r_tgt is not None:
-            s = 2 * s - r_src[i:min(i + _BATCH, n_src), None] - r_tgt[None, :]
+            s = csls(s, r_src[i:min(i + _BATCH, n_src)], r_tgt)
         top = s.topk(min(2, tgt.shape[0]), dim=1)
         best.append(top.values[:, 0])
         second.append(top.values[:, -1] if top.values.shape[1] > 1 else top.values[:, 0])
@@ -220,7 +247,7 @@ def induce_lexicon(src: Tensor, tgt: Tensor, method: Method = "csls", k: int = 1
         raise ValueError(f"build must be mutual, s2t, t2s or union, got {build!r}")
     r_src = r_tgt = None
     if method == "csls":  # penalties over the whole vocabularies, as MUSE
-        r_src, r_tgt = knn_mean_similarity(src, tgt, k), knn_mean_similarity(tgt, src, k)
+        r_src, r_tgt = csls_penalties(src, tgt, k)
     if build != "t2s":
         s2t, s2t_m = _candidates(src, tgt, r_src, r_tgt, max_rank)
     if build != "s2t":

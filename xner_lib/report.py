@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from .data import CORPUS_FILES, DataFile, Dataset, read_file  # noqa: E402
-from .files import write_atomic  # noqa: E402
+from .files import atomic_file, write_atomic  # noqa: E402
 from .paper import TABLE1  # noqa: E402
 
 
@@ -77,17 +77,16 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> tuple[Pat
     """Write ``df`` as ``name.csv`` and ``name.md`` under ``directory`` (atomically); return both paths."""
     directory = Path(directory)
     csv, md = directory / f"{name}.csv", directory / f"{name}.md"
-    write_atomic(csv, lambda fh: fh.write(df.to_csv(index=False)))
-    write_atomic(md, lambda fh: fh.write(df.to_markdown(index=False) + "\n"))
+    write_atomic(csv, df.to_csv(index=False))
+    write_atomic(md, df.to_markdown(index=False) + "\n")
     return csv, md
 
 
 def save_figure(fig: plt.Figure, directory: str | Path, name: str) -> Path:
-    """Save ``fig`` as ``name.png`` under ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    """Save ``fig`` as ``name.png`` under ``directory`` (atomically)."""
+    path = Path(directory) / f"{name}.png"
+    with atomic_file(path, binary=True) as fh:
+        fig.savefig(fh, format="png", dpi=120, bbox_inches="tight")
     return path
 
 

@@ -19,8 +19,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -37,6 +35,7 @@ from .data import Dataset
 from .encoders import Encoder, load_encoder
 from .evaluate import score
 from .features import cached_unit_features, unit_vectors
+from .files import atomic_dir
 from .model import BiLstmCrfHead, HeadConfig
 from .progress import progress as progress_bar
 from .units import EncodedSentence, encode_sentences, spread_tags, unit_tags
@@ -310,19 +309,15 @@ def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.
     tagger = result_or_tagger.tagger if isinstance(result_or_tagger, TrainResult) else result_or_tagger
     encoder = tagger.encoder
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=directory.name + "."))
     meta = {"train": asdict(cfg), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
             "encoder": cfg.encoder, "finetuned": encoder is not None, "run_key": run_key}
-    if encoder is not None:
-        encoder.model.save_pretrained(tmp / "encoder")
-        encoder.tokenizer.save_pretrained(tmp / "encoder")
-        meta["encoder_max_length"] = encoder.max_length
-    save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    with atomic_dir(directory) as tmp:
+        if encoder is not None:
+            encoder.model.save_pretrained(tmp / "encoder")
+            encoder.tokenizer.save_pretrained(tmp / "encoder")
+            meta["encoder_max_length"] = encoder.max_length
+        save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
 

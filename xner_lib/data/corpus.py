@@ -59,7 +59,9 @@ class Sentence:
     """One sentence: its tokens (English words or Chinese characters), IOB2 tags and source lines.
 
     ``lines[i]`` is the 1-based line of ``tokens[i]`` in ``source``. ``word_pos`` holds Weibo's
-    per-character position inside its jieba word (empty for the other formats).
+    per-character position inside its jieba word (empty for the other formats). ``doc`` is the number of
+    ``-DOCSTART-`` lines read before the sentence; ``repaired`` counts the orphan ``I-`` tags of this
+    sentence repaired to ``B-`` on reading (type -> count).
     """
 
     tokens: list[str]
@@ -68,6 +70,7 @@ class Sentence:
     source: str = ""
     doc: int = 0
     word_pos: list[int] = field(default_factory=list)
+    repaired: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         if not (len(self.tokens) == len(self.tags) == len(self.lines)):
@@ -84,8 +87,8 @@ class Sentence:
 class Dataset:
     """The sentences of one file plus what reading it found.
 
-    ``repaired_orphans`` counts orphan ``I-`` tags turned into ``B-`` (type -> count);
-    ``docs`` counts ``-DOCSTART-`` lines (CoNLL only).
+    ``docs`` counts ``-DOCSTART-`` lines (CoNLL only); ``repaired_orphans`` counts the orphan ``I-`` tags
+    of the sentences held that were turned into ``B-`` (type -> count, from ``Sentence.repaired``).
     """
 
     name: str
@@ -94,7 +97,6 @@ class Dataset:
     path: Path
     sentences: list[Sentence]
     docs: int = 0
-    repaired_orphans: Counter[str] = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -118,12 +120,24 @@ class Dataset:
             counts.update(t[2:] for t in s.tags if t.startswith("B-"))
         return counts
 
+    @property
+    def repaired_orphans(self) -> Counter[str]:
+        """Orphan ``I-`` tags repaired to ``B-`` in the sentences held, per type."""
+        total: Counter[str] = Counter()
+        for s in self.sentences:
+            total.update(s.repaired)
+        return total
+
     def head(self, n: int | None) -> Dataset:
-        """The first ``n`` sentences as a new dataset (all of them when ``n`` is None)."""
+        """The first ``n`` sentences as a new dataset (all of them when ``n`` is None), with the counts of
+        what it holds: the orphans repaired in those sentences and the ``-DOCSTART-`` lines read up to the
+        last of them."""
+        if n is not None and n < 0:
+            raise ValueError(f"head(n) takes n >= 0 sentences, got {n}")
         if n is None or n >= len(self.sentences):
             return self
-        return Dataset(self.name, self.split, self.format, self.path, self.sentences[:n], self.docs,
-                       self.repaired_orphans)
+        kept = self.sentences[:n]
+        return Dataset(self.name, self.split, self.format, self.path, kept, kept[-1].doc if kept else 0)
 
 
 def _check_format(fmt: str) -> None:
@@ -213,10 +227,11 @@ def read_file(path: str | Path, fmt: str, *, name: str = "", split: str = "") ->
         raise DataFormatError(problems)
     if not sentences:
         raise DataFormatError([f"{where}:1: empty file (no sentences)"])
-    repaired: Counter[str] = Counter()
     for s in sentences:
-        repaired.update(repair_orphans(s.tags))
+        s.repaired = repair_orphans(s.tags)
+    dataset = Dataset(name or path.parent.name, split or path.stem, fmt, path, sentences, docs)
+    repaired = dataset.repaired_orphans
     if repaired:
         total = sum(repaired.values())
         warnings.warn(f"{where}: repaired {total} orphan I- tag(s) to B- ({dict(repaired)})", stacklevel=2)
-    return Dataset(name or path.parent.name, split or path.stem, fmt, path, sentences, docs, repaired)
+    return dataset

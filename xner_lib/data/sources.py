@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import atomic_file
 
 _NEURONER = ("https://raw.githubusercontent.com/Franck-Dernoncourt/NeuroNER/"
              "3817feaf290c1f6e03ae23ea964e68c88d0e7a88/neuroner/data/conll2003/en/")
@@ -142,21 +143,14 @@ def download(f: DataFile, data_dir: Path, *, timeout: float = 30.0) -> Path:
     checksum mismatch (the partial download is removed).
     """
     dest = data_dir / f.relpath
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
+    with atomic_file(dest, binary=True) as out, urllib.request.urlopen(f.url, timeout=timeout) as resp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(f.url, timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                h.update(block)
-                out.write(block)
+        for block in iter(lambda: resp.read(1 << 20), b""):
+            h.update(block)
+            out.write(block)
         if h.hexdigest() != f.sha256:
             raise DataUnavailableError(
                 f"{f.url}: sha256 {h.hexdigest()} does not match the expected {f.sha256}; file not kept")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 
