@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import os
 import random
 import shutil
@@ -34,11 +35,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .data.labels import MODEL_LABELS, MODEL_TYPES
 from .encoders import Encoder, load_encoder
 from .evaluate import score
 from .features import cached_unit_features, unit_vectors
 from .model import BiLstmCrfHead, HeadConfig
-from .units import EncodedSentence, encode_sentences, spread_tags, unit_tags
+from .units import EncodedSentence, UnitTagCounts, encode_sentences, spread_tags, unit_tags
 
 
 @dataclass
@@ -52,6 +54,13 @@ class TrainConfig:
     holds 96M of its 117M parameters, and rows of pieces unseen in English get no gradient anyway).
     ``max_sentences`` keeps the first training sentences only
     (smoke). ``evals_per_epoch`` CoNLL-dev evaluations pick the kept weights.
+
+    Convergence (issue 10): ``epochs`` is the cap (the paper's 3) and sets the length of the linear
+    schedule; with ``patience`` set, training stops after that many CoNLL-dev evaluations in a row without
+    a new best strict F1 (``None``: run to the cap). ``misc_class=False`` trains without a MISC class:
+    CoNLL MISC spans become O (counted) and the label map holds PER, LOC and ORG only.
+    ``freeze_layers`` keeps the encoder's lowest transformer layers fixed (0: none), which shortens the
+    backward pass on a CPU.
     """
 
     encoder: str = "bert-base-multilingual-cased"
@@ -65,6 +74,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 2
+    patience: int | None = None
+    freeze_layers: int = 0
+    misc_class: bool = True
     eval_batch_size: int = 64
     max_sentences: int | None = None
     seed: int = 1
@@ -74,6 +86,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
             raise ValueError(f"epochs, batch_size and evals_per_epoch must be positive: {self}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be a positive number of evaluations or None, got {self.patience}")
 
 
 def set_seed(seed: int) -> None:
@@ -116,13 +130,21 @@ def pad_features(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
-def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str]
-              ) -> list[list[int]]:
-    """Unit label ids: each unit takes its first token's tag (:func:`~xner_lib.units.unit_tags`)."""
+def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str], *,
+              counts: Counter | None = None) -> list[list[int]]:
+    """Unit label ids (:func:`~xner_lib.units.unit_tags`, whose entity counts go to ``counts``). An entity
+    type the label map lacks (MISC when ``misc_class`` is off) becomes O, counted as ``as_o:<type>``
+    entities; any other unknown tag is an error naming the sentence."""
     index = {t: i for i, t in enumerate(labels)}
+    known_types = {t[2:] for t in labels if t != "O"}
+    counts = counts if counts is not None else UnitTagCounts()
     out = []
     for k, (enc, t) in enumerate(zip(encoded, tags, strict=True)):
-        ut = unit_tags(t, enc.unit_spans)
+        ut = unit_tags(t, enc.unit_spans, counts)
+        for x in ut:
+            if x.startswith("B-") and x[2:] not in known_types and x[2:] in MODEL_TYPES:
+                counts[f"as_o:{x[2:]}"] += 1
+        ut = ["O" if x != "O" and x[2:] not in known_types and x[2:] in MODEL_TYPES else x for x in ut]
         unknown = sorted(set(ut) - set(index))
         if unknown:
             raise ValueError(f"sentence {k}: tags {unknown} are not in the model's labels {list(labels)}")
@@ -196,12 +218,36 @@ class TrainResult:
     best_step: int
     best_dev_f1: float
     seconds: float
+    stopped_early: bool = False
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+
+def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
+    """The label map a run trains with: ``labels.MODEL_LABELS``, without MISC when ``cfg.misc_class`` is off
+    (a ``labels`` entry of ``cfg.head`` wins)."""
+    if "labels" in cfg.head:
+        return tuple(cfg.head["labels"])
+    return MODEL_LABELS if cfg.misc_class else tuple(x for x in MODEL_LABELS if not x.endswith("-MISC"))
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-like encoder (BERT, XLM-R, e5: ``model.encoder.layer``)."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: no encoder.layer list to freeze layers of")
+    return layers
 
 
 def build_tagger(cfg: TrainConfig, encoder: Encoder) -> Tagger:
-    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **cfg.head))
+    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **{**cfg.head, "labels": model_labels(cfg)}))
     if cfg.finetune and cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.finetune and cfg.freeze_layers:
+        layers = encoder_layers(encoder.model)
+        if cfg.freeze_layers > len(layers):
+            raise ValueError(f"freeze_layers={cfg.freeze_layers} but {encoder.name} has {len(layers)} layers")
+        for layer in layers[:cfg.freeze_layers]:
+            layer.requires_grad_(False)
     return Tagger(head, encoder if cfg.finetune else None)
 
 
@@ -239,7 +285,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     if not cfg.finetune and train_data.cached is None:
         raise ValueError("a frozen tagger trains on cached features: prepare(..., frozen=True)")
     labels = tagger.head.config.labels
-    ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels)
+    label_counts = UnitTagCounts()
+    ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels, counts=label_counts)
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
     n_epochs = math.ceil(cfg.epochs)
@@ -253,11 +300,13 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     gold_dev = [s.tags for s in dev_data.dataset.sentences]
     start = time.perf_counter()
     step = 0
+    since_best = 0  # evaluations since the last new best
+    stopped_early = False
     bar = tqdm(total=total, desc=f"train seed {cfg.seed}", disable=not progress)
     tagger.train()
     for _epoch in range(n_epochs):
         for batch in length_batches(lengths, cfg.batch_size, rng):
-            if step >= total:
+            if step >= total or stopped_early:
                 break
             cached = [train_data.cached[i] for i in batch] if train_data.cached is not None else None
             feats, mask = tagger.features([train_data.encoded[i] for i in batch], cached)
@@ -286,11 +335,16 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                     on_eval(row)
                 if row["dev_f1"] > best[0]:
                     best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+                    since_best = 0
+                else:
+                    since_best += 1
+                    stopped_early = cfg.patience is not None and since_best >= cfg.patience
     bar.close()
     assert best[2] is not None
     tagger.load_state_dict(best[2])
     tagger.eval()
-    return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start)
+    return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
+                       stopped_early=stopped_early, label_counts=dict(label_counts))
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
