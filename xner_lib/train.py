@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 import os
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .data.labels import MODEL_LABELS, MODEL_TYPES
+from .data.links import link_mask
+from .decoding import DecodeConfig, allowed_matrix
 from .encoders import Encoder, load_encoder
 from .evaluate import score
 from .features import cached_unit_features, unit_vectors
@@ -168,29 +170,36 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, 
 
 @dataclass
 class Prepared:
-    """A dataset encoded into units once: encodings, and frozen features when the tagger is frozen."""
+    """A dataset encoded into units once: encodings, link tokens (:mod:`~xner_lib.data.links`), and frozen
+    features when the tagger is frozen. ``zh_units``: the Chinese unit scheme (:mod:`~xner_lib.units`)."""
 
     dataset: Dataset
     encoded: list[EncodedSentence]
     cached: list[Tensor] | None = None
+    links: list[list[bool]] | None = None
+    zh_units: str = "token"
 
 
-def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None
-            ) -> Prepared:
-    """Encode ``dataset`` into units (and, frozen, read or compute its cached features)."""
-    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language)
-    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir) if frozen else None
-    return Prepared(dataset, encoded, cached)
+def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None,
+            zh_units: str = "token") -> Prepared:
+    """Encode ``dataset`` into units, find its link tokens (and, frozen, read or compute its cached features)."""
+    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units=zh_units)
+    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir, zh_units=zh_units) if frozen else None
+    links = [link_mask(s.tokens, dataset.language) for s in dataset.sentences]
+    return Prepared(dataset, encoded, cached, links, zh_units)
 
 
 @torch.no_grad()
-def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True) -> list[list[str]]:
-    """Token-level IOB2 predictions for every sentence of ``data`` (unit tags spread BIO-aware over the
-    tokens each unit covers; one prediction per gold token, in order)."""
+def predict_many(tagger: Tagger, data: Prepared, decodes: Mapping[str, DecodeConfig], batch_size: int = 64,
+                 progress: bool = True) -> dict[str, list[list[str]]]:
+    """Token-level IOB2 predictions of every sentence of ``data`` under each named decoding
+    (:class:`~xner_lib.decoding.DecodeConfig`): the encoder and emissions run once, Viterbi once per
+    decoding. Unit tags are spread BIO-aware over the tokens each unit covers: one prediction per gold
+    token, in order."""
     was = tagger.training
     tagger.eval()
     order = sorted(range(len(data.encoded)), key=lambda i: len(data.encoded[i].input_ids))
-    out: list[list[str] | None] = [None] * len(order)
+    out: dict[str, list[list[str] | None]] = {name: [None] * len(order) for name in decodes}
     labels = tagger.head.config.labels
     bar = tqdm(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", disable=not progress,
                leave=False)
@@ -198,14 +207,27 @@ def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool
         idx = order[start:start + batch_size]
         cached = [data.cached[i] for i in idx] if data.cached is not None else None
         feats, mask = tagger.features([data.encoded[i] for i in idx], cached)
-        for i, seq in zip(idx, tagger.head.decode(feats, mask), strict=True):
-            out[i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
+        emissions = tagger.head.emissions(feats, mask)
+        spans = [data.encoded[i].unit_spans for i in idx]
+        links = [data.links[i] for i in idx] if data.links is not None else None
+        for name, config in decodes.items():
+            allowed = allowed_matrix(labels, data.dataset.format, config, spans, links, emissions.shape[1])
+            for i, seq in zip(idx, tagger.head.crf_decode(emissions, mask, allowed=allowed), strict=True):
+                out[name][i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
         bar.update(len(idx))
     bar.close()
     tagger.train(was)
-    for i, (pred, sent) in enumerate(zip(out, data.dataset.sentences, strict=True)):
-        assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
+    for preds in out.values():
+        for i, (pred, sent) in enumerate(zip(preds, data.dataset.sentences, strict=True)):
+            assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
     return out  # type: ignore[return-value]
+
+
+def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True,
+            decode: DecodeConfig | None = None) -> list[list[str]]:
+    """Token-level IOB2 predictions of every sentence of ``data`` under one decoding (default:
+    :class:`~xner_lib.decoding.DecodeConfig`'s defaults), see :func:`predict_many`."""
+    return predict_many(tagger, data, {"_": decode or DecodeConfig()}, batch_size, progress)["_"]
 
 
 @dataclass

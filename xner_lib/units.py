@@ -265,12 +265,11 @@ def unit_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]], counts: Cou
         out.append(tag)
         if counts is not None:
             begins = [t for t in range(a, b) if tags[t].startswith("B-")]
-            counts["entities"] += len(begins)
-            counts["start_inside"] += sum(t > a for t in begins)
-            counts["merged"] += max(0, len(begins) - 1)
-            for t in range(a, b - 1):  # an entity token followed, inside the unit, by one not continuing it
-                if tags[t] != "O" and not tags[t + 1].startswith("I-"):
-                    counts["end_inside"] += 1
+            # an entity token followed, inside the unit, by one that does not continue it
+            ends = sum(tags[t] != "O" and not tags[t + 1].startswith("I-") for t in range(a, b - 1))
+            seen = {"entities": len(begins), "start_inside": sum(t > a for t in begins),
+                    "merged": max(0, len(begins) - 1), "end_inside": ends}
+            counts.update({k: v for k, v in seen.items() if v})
     return out
 
 
