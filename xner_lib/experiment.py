@@ -52,8 +52,8 @@ DECODE_VARIANTS: dict[str, DecodeConfig] = {
 
 
 def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
-                    variants: dict[str, DecodeConfig] | None = None, batch_size: int = 64, progress: bool = True
-                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, float]]:
+                    variants: dict[str, DecodeConfig] | None = None, batch_size: int = 64, progress: bool = True,
+                    alt_units: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, float]]:
     """Score ``tagger`` on every set of :data:`EVAL_SETS` under ``decode`` (the scores), under each of
     ``variants`` (default :data:`DECODE_VARIANTS`) and, for the Chinese sets in ``corpora.alt_units``, under
     the other unit scheme. Returns ``(scores, variant_scores, link_firings, seconds)``: ``variant_scores``
@@ -79,7 +79,7 @@ def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
             variant_scores[v][name] = score_dataset(data.dataset, preds[v])
         firings[name] = {"entities_in_links": entities_in_links(preds["_links_off"], data.links or []),
                          **asdict(count_links([s.tokens for s in data.dataset], data.dataset.language))}
-    for name, data in corpora.alt_units.items():
+    for name, data in (corpora.alt_units if alt_units else {}).items():
         pred = predict_many(tagger, data, {"main": decode}, batch_size, progress=progress)["main"]
         variant_scores.setdefault(f"units:{data.zh_units}", {})[name] = score_dataset(data.dataset, pred)
     return scores, variant_scores, firings, seconds
@@ -87,17 +87,20 @@ def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
 
 def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], Encoder], corpora: Corpora,
                 runs_dir: Path, *, checkpoints_dir: Path | None = None, progress: bool = True,
-                decode: DecodeConfig | None = None) -> dict[str, Any]:
+                decode: DecodeConfig | None = None, snapshot_epoch: float | None = None) -> dict[str, Any]:
     """Train and evaluate one (variant, seed), or read its ``metrics.json`` when the config is unchanged.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
     weights). Writes ``runs_dir/<variant>-seed<seed>/metrics.json`` with the scores of every set in
-    :data:`EVAL_SETS`, the training curves and the seconds each stage took.
+    :data:`EVAL_SETS`, the training curves and the seconds each stage took, and under ``extra``
+    the decoding variants (:func:`evaluate_tagger`) and, with ``snapshot_epoch``, the scores of the same run's
+    weights at that epoch (variant ``epoch<snapshot_epoch>``, e.g. ``epoch1``: what stopping there gives).
     """
     decode = decode or DecodeConfig()
     sizes = {k: len(getattr(corpora, k).dataset) for k in ("conll_train", *EVAL_SETS)}
     key = config_hash(cfg, {"variant": variant, "sizes": sizes, "decode": asdict(decode),
-                            "zh_units": corpora.weibo_test.zh_units, "alt_units": sorted(corpora.alt_units)})
+                            "zh_units": corpora.weibo_test.zh_units, "alt_units": sorted(corpora.alt_units),
+                            "snapshot_epoch": snapshot_epoch})
     run_dir = runs_dir / f"{variant}-seed{cfg.seed}"
     path = run_dir / "metrics.json"
     if path.is_file():
@@ -105,19 +108,26 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         if old.get("extra", {}).get("config_hash") == key:
             return old
     encoder = encoder_factory()
-    result = train(cfg, encoder, corpora.conll_train, corpora.conll_dev, progress=progress)
+    result = train(cfg, encoder, corpora.conll_train, corpora.conll_dev, progress=progress,
+                   snapshot_epoch=snapshot_epoch)
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
     if checkpoints_dir is not None:
         save_checkpoint(result, checkpoints_dir / run_dir.name, cfg)
+    if result.snapshot is not None:
+        result.tagger.load_state_dict(result.snapshot[1])
+        snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},
+                                                   batch_size=cfg.eval_batch_size, progress=progress, alt_units=False)
+        variant_scores[f"epoch{snapshot_epoch:g}"] = snap
+        seconds["predict_snapshot"] = sum(snap_seconds.values())
     extra = {
         "config_hash": key, "sizes": sizes, "best_step": result.best_step, "best_dev_f1": result.best_dev_f1,
         "history": result.history, "dev_history": result.dev_history, "seconds": seconds,
         "encoder_identity": encoder.identity, "unk_counts": unk_counts(corpora),
         "decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units, "variant_scores": variant_scores,
         "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
-        "steps": len(result.history),
+        "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
     }
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)

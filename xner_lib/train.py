@@ -242,6 +242,8 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     label_counts: dict[str, int] = field(default_factory=dict)
+    #: (step, state dict) kept at ``snapshot_epoch`` (see :func:`train`), or None
+    snapshot: tuple[int, dict[str, Tensor]] | None = None
 
 
 def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
@@ -295,9 +297,13 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
 
 
 def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Prepared, *,
-          progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
+          snapshot_epoch: float | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
-    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11."""
+    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11.
+
+    ``snapshot_epoch``: also keep (``TrainResult.snapshot``) the weights of the first evaluation at or after
+    that epoch, whatever its dev score, so the same run can be scored as if it had stopped there."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -323,6 +329,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     start = time.perf_counter()
     step = 0
     since_best = 0  # evaluations since the last new best
+    snapshot: tuple[int, dict[str, Tensor]] | None = None
     stopped_early = False
     bar = tqdm(total=total, desc=f"train seed {cfg.seed}", disable=not progress)
     tagger.train()
@@ -355,6 +362,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 dev_history.append(row)
                 if on_eval:
                     on_eval(row)
+                if snapshot_epoch is not None and snapshot is None and row["epoch"] >= snapshot_epoch - 1e-9:
+                    snapshot = (step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                 if row["dev_f1"] > best[0]:
                     best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                     since_best = 0
@@ -366,7 +375,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     tagger.load_state_dict(best[2])
     tagger.eval()
     return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
-                       stopped_early=stopped_early, label_counts=dict(label_counts))
+                       stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot)
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
