@@ -36,7 +36,17 @@ from xner_lib.features import (
     plan_windows,
     unit_vectors,
 )
-from xner_lib.units import BARE_PIECE, encode_sentence, encode_sentences, spread_tags, unit_tags
+from xner_lib.units import (
+    BARE_PIECE,
+    EncodedSentence,
+    UnitTagCounts,
+    encode_sentence,
+    encode_sentences,
+    split_units,
+    spread_tags,
+    unit_ceiling_tags,
+    unit_tags,
+)
 
 FFFD = "\ufffd"
 
@@ -199,9 +209,37 @@ def test_empty_sentence_has_no_units_and_no_vectors(tiny, sp_tokenizer):
 
 def test_unit_tags_take_the_first_token_tag():
     spans = [(0, 2), (2, 3), (3, 5)]
-    assert unit_tags(["B-PER", "I-PER", "O", "O", "B-LOC"], spans) == ["B-PER", "O", "O"]
+    assert unit_tags(["B-PER", "I-PER", "O", "O", "O"], spans) == ["B-PER", "O", "O"]
     with pytest.raises(ValueError):
         unit_tags(["O"], spans)
+
+
+def test_unit_tags_keep_an_entity_that_begins_inside_a_unit_and_count_it():
+    spans = [(0, 2), (2, 3), (3, 5)]
+    counts = UnitTagCounts()
+    # LOC begins on the 2nd token of unit (3, 5): it begins on that unit instead of being dropped
+    assert unit_tags(["B-PER", "I-PER", "O", "O", "B-LOC"], spans, counts) == ["B-PER", "O", "B-LOC"]
+    assert counts == {"entities": 2, "start_inside": 1}
+    # two entities begin in one unit: the first is kept, the second merged into it; PER ends inside unit 0
+    counts = UnitTagCounts()
+    assert unit_tags(["B-PER", "B-LOC", "O"], [(0, 2), (2, 3)], counts) == ["B-PER", "O"]
+    assert counts == {"entities": 2, "start_inside": 1, "merged": 1, "end_inside": 1}
+    # an entity that continues into a unit where another begins gives way to the new one
+    assert unit_tags(["B-ORG", "I-ORG", "B-PER", "I-PER"], [(0, 1), (1, 3), (3, 4)]) == ["B-ORG", "B-PER", "I-PER"]
+
+
+def test_char_units_make_every_chinese_entity_reachable(tiny):
+    e5_like = encode_sentence(tiny.tokenizer, list("中国人民"), "zh")
+    chars = split_units(EncodedSentence([7, 8], [0, 1], [(0, 3), (3, 4)]))
+    assert chars.unit_spans == [(0, 1), (1, 2), (2, 3), (3, 4)] and chars.unit_pos == [0, 0, 0, 1]
+    assert chars.input_ids == [7, 8]
+    tags = ["B-LOC", "I-LOC", "O", "O"]  # an entity ending inside the 3-character unit
+    assert spread_tags(unit_tags(tags, [(0, 3), (3, 4)]), [(0, 3), (3, 4)]) != tags
+    assert unit_ceiling_tags(tags, chars.unit_spans) == tags
+    via = encode_sentence(tiny.tokenizer, list("中国人民"), "zh", zh_units="char")
+    assert via.unit_spans == [(t, t + 1) for t in range(4)] and via.input_ids == e5_like.input_ids
+    with pytest.raises(ValueError, match="zh_units"):
+        encode_sentence(tiny.tokenizer, ["x"], "zh", zh_units="word")
 
 
 def test_spread_tags_is_bio_aware():

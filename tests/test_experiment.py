@@ -21,6 +21,7 @@ import torch
 from xner_lib import encoders, experiment
 from xner_lib.data import read_file
 from xner_lib.data.sources import sha256_cached
+from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import Encoder, load_encoder, tiny_encoder
 from xner_lib.evaluate import VERSIONED_PACKAGES, package_versions
 from xner_lib.experiment import Corpora, run_or_load
@@ -84,7 +85,7 @@ def test_an_unchanged_run_is_read_back_with_its_key_commit_and_versions(setup: S
     m2 = setup.run()
     assert setup.loads == 1 and m1 == m2
     parts = m1["extra"]["run_key_parts"]
-    assert set(parts) == {"method_version", "variant", "config", "encoder", "data"}
+    assert set(parts) == {"method_version", "variant", "config", "encoder", "data", "evaluation"}
     assert parts["method_version"] == experiment.METHOD_VERSION
     assert parts["encoder"]["identity"] == setup.encoder.identity and parts["encoder"]["name"] == "tiny-random-bert"
     assert parts["data"]["conll_train"] == {"file": "conll/train.txt", "sha256": sha256_cached(setup.train_file),
@@ -146,6 +147,27 @@ def test_a_changed_key_component_reruns_and_says_which(setup: Setup, monkeypatch
     assert len(lines) == 1 and component in lines[0], lines
     setup.run(cfg)
     assert setup.loads == loads + 1, "the rerun is cached under its new key"
+
+
+def test_scoring_choices_key_the_run_and_every_variant_is_scored(setup: Setup, caplog: pytest.LogCaptureFixture
+                                                                 ) -> None:
+    first = setup.run(snapshot_epoch=0.5)
+    extra = first["extra"]
+    assert set(extra["variant_scores"]) == {"no_target_labels", "no_links", "neither", "epoch0.5"}
+    assert set(extra["variant_scores"]["no_links"]) == set(experiment.EVAL_SETS)
+    assert extra["link_firings"]["weibo_test"]["entities_in_links"] >= 0
+    assert extra["run_key_parts"]["evaluation"]["zh_units"] == "token" and extra["snapshot_step"] is not None
+    loads = setup.loads
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        setup.run(snapshot_epoch=0.5, decode=DecodeConfig(target_labels=False))
+    assert setup.loads == loads + 1, "another decoding must rescore, not read back"
+    lines = [r.getMessage() for r in caplog.records if r.name == "xner_lib.experiment"]
+    assert len(lines) == 1 and "evaluation.decode.target_labels: true -> false" in lines[0], lines
+    char = {k: prepare(getattr(setup.corpora, k).dataset, setup.encoder, frozen=False, zh_units="char")
+            for k in ("weibo_test", "peoples_daily_test")}
+    setup.corpora.alt_units = char
+    third = setup.run(snapshot_epoch=0.5, decode=DecodeConfig(target_labels=False))
+    assert set(third["extra"]["variant_scores"]["units:char"]) == {"weibo_test", "peoples_daily_test"}
 
 
 def test_a_run_made_before_run_keys_is_rerun(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:

@@ -55,6 +55,10 @@ def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path)
     assert (res / "tables" / "table1.md").read_text().startswith("| dataset")
     for fig in ("entity_types.png", "sentence_lengths.png"):
         assert (res / "figures" / fig).stat().st_size > 5000
+    ceiling = pd.read_csv(res / "tables" / "unit_ceiling.csv")
+    assert set(ceiling.units) == {"token", "char"} and set(ceiling.dataset) == {"weibo", "peoples_daily"}
+    assert (ceiling[ceiling.units == "char"].ceiling_f1 == 1.0).all()
+    assert ceiling[(ceiling.dataset == "weibo") & (ceiling.split == "test")].links.tolist() == [52, 52]
 
 
 @pytest.mark.slow
@@ -64,8 +68,12 @@ def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: P
     assert {"model", "dataset", "f1_mean", "f1_std", "n_seeds", "paper_f1"} <= set(t4.columns)
     assert set(t4.dataset) >= {"WeiboNER test (NAM)", "People's Daily test"}
     metrics = sorted((res / "runs").glob("*/metrics.json"))
-    assert [m.parent.name for m in metrics] == ["baseline-seed1", "frozen-seed1"]
+    assert [m.parent.name for m in metrics] == ["baseline-seed1", "frozen-seed1", "no_misc_class-seed1"]
     assert (res / "figures" / "training_curves.png").is_file()
+    changes = pd.read_csv(res / "tables" / "baseline_changes.csv")
+    assert changes.change.tolist() == ["reference", "MISC allowed on Chinese", "links not decoded as O", "neither",
+                                       "token units", "stopped at epoch 0.5", "trained without a MISC class"]
+    assert "Weibo (NAM) diff" in changes.columns
 
 
 @pytest.mark.slow

@@ -134,6 +134,22 @@ def score_dataset(dataset: Dataset, pred: Sequence[Sequence[str]]) -> dict[str, 
     return score_views([s.tags for s in dataset.sentences], pred, dataset.format)
 
 
+def unit_ceiling(dataset: Dataset, unit_spans: Sequence[Sequence[tuple[int, int]]]) -> dict[str, Any]:
+    """The *unit ceiling* of a corpus under one unit scheme: per view (``labels.VIEWS``), the scores of its
+    harmonised gold tags mapped to units and back (:func:`~xner_lib.units.unit_ceiling_tags`) against the
+    same gold. A perfect tagger over those units scores this; 1.0 means every entity is reachable.
+    ``unit_spans``: per sentence, the token spans of its units (``EncodedSentence.unit_spans``)."""
+    from .units import unit_ceiling_tags  # units imports data only; kept local so scoring stays light
+
+    if len(unit_spans) != len(dataset):
+        raise ValueError(f"{len(unit_spans)} unit span lists for {len(dataset)} sentences of {dataset.name}")
+    out = {}
+    for view in VIEWS[dataset.format]:
+        gold = [harmonise(s.tags, view) for s in dataset.sentences]
+        out[view] = score(gold, [unit_ceiling_tags(g, spans) for g, spans in zip(gold, unit_spans, strict=True)])
+    return out
+
+
 def primary_view(fmt: str) -> str:
     """The view whose strict F1 is the headline number of a corpus format."""
     if fmt not in VIEWS:

@@ -15,22 +15,24 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .data import Dataset
+from .data.links import count_links
 from .data.sources import sha256_cached
+from .decoding import DecodeConfig, entities_in_links
 from .encoders import Encoder
 from .evaluate import package_versions, score_dataset, write_metrics
-from .train import Prepared, TrainConfig, predict, save_checkpoint, train
+from .train import Prepared, Tagger, TrainConfig, predict_many, save_checkpoint, train
 
 logger = logging.getLogger(__name__)
 
 #: The version of the method. Bump it whenever training or scoring code changes what a run produces (its
 #: numbers or the fields of its metrics.json): it is part of every run key, so each cached run made under
 #: another value is rerun. This is the one place it is defined.
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: unit_tags keeps entities that begin inside a unit; decoding constraints
 
 #: the sets every run is scored on: scores key -> role
 EVAL_SETS: tuple[str, ...] = ("conll_dev", "conll_test", "weibo_test", "peoples_daily_test")
@@ -47,6 +49,8 @@ class Corpora:
     conll_test: Prepared
     weibo_test: Prepared
     peoples_daily_test: Prepared
+    #: the Chinese sets under another unit scheme (``zh_units``), scored beside the main ones (issue 10)
+    alt_units: dict[str, Prepared] = field(default_factory=dict)
 
 
 def data_identity(dataset: Dataset) -> dict[str, Any]:
@@ -67,10 +71,12 @@ def encoder_key(encoder: Encoder) -> dict[str, Any]:
     return {"name": encoder.name, "identity": encoder.identity, "max_length": encoder.max_length}
 
 
-def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora) -> dict[str, Any]:
+def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora,
+                  evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes the numbers of a run, as plain JSON values: :data:`METHOD_VERSION`, the
     variant, the whole :class:`~xner_lib.train.TrainConfig` (its ``head`` dict included), the encoder
-    (:func:`encoder_key`) and each set's data (:func:`data_identity`). Package versions are not part of it
+    (:func:`encoder_key`), each set's data (:func:`data_identity`) and how the run is scored (``evaluation``:
+    decoding, unit schemes, snapshot). Package versions are not part of it
     (:func:`run_or_load` warns about them instead). A code default that changes (e.g. a head size not set in
     the config) is covered by bumping :data:`METHOD_VERSION`."""
     parts = {
@@ -79,6 +85,7 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
         "config": asdict(cfg),
         "encoder": encoder_key(encoder),
         "data": {k: data_identity(getattr(corpora, k).dataset) for k in KEY_SETS},
+        "evaluation": dict(evaluation or {}),
     }
     return json.loads(json.dumps(parts, sort_keys=True, default=str))  # the form metrics.json reads back
 
@@ -146,9 +153,52 @@ def version_differences(old_versions: Mapping[str, Any], new_versions: Mapping[s
             if old_versions.get(name, "not recorded") != v]
 
 
+#: decodings scored beside the main one in every run (each switches one constraint off), for the change table
+DECODE_VARIANTS: dict[str, DecodeConfig] = {
+    "no_target_labels": DecodeConfig(target_labels=False, links=True),
+    "no_links": DecodeConfig(target_labels=True, links=False),
+    "neither": DecodeConfig(target_labels=False, links=False),
+}
+
+
+def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
+                    variants: dict[str, DecodeConfig] | None = None, batch_size: int = 64, progress: bool = True,
+                    alt_units: bool = True) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Score ``tagger`` on every set of :data:`EVAL_SETS` under ``decode`` (the scores), under each of
+    ``variants`` (default :data:`DECODE_VARIANTS`) and, for the Chinese sets in ``corpora.alt_units``, under
+    the other unit scheme. Returns ``(scores, variant_scores, link_firings, seconds)``: ``variant_scores``
+    is ``{variant: {set: scores}}`` (unit variants named ``units:<scheme>``); ``link_firings[set]`` counts
+    the entities the links-off decoding predicts on link tokens, i.e. what the link rule removed."""
+    variants = DECODE_VARIANTS if variants is None else variants
+    decodes = {"main": decode, **variants}
+    if not decode.links:
+        decodes["_links_off"] = decode
+    else:
+        decodes["_links_off"] = DecodeConfig(target_labels=decode.target_labels, links=False)
+    scores: dict[str, Any] = {}
+    variant_scores: dict[str, Any] = {name: {} for name in variants}
+    firings: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name in EVAL_SETS:
+        data: Prepared = getattr(corpora, name)
+        t0 = time.perf_counter()
+        preds = predict_many(tagger, data, decodes, batch_size, progress=progress)
+        seconds[f"predict_{name}"] = time.perf_counter() - t0
+        scores[name] = score_dataset(data.dataset, preds["main"])
+        for v in variants:
+            variant_scores[v][name] = score_dataset(data.dataset, preds[v])
+        firings[name] = {"entities_in_links": entities_in_links(preds["_links_off"], data.links or []),
+                         **asdict(count_links([s.tokens for s in data.dataset], data.dataset.language))}
+    for name, data in (corpora.alt_units if alt_units else {}).items():
+        pred = predict_many(tagger, data, {"main": decode}, batch_size, progress=progress)["main"]
+        variant_scores.setdefault(f"units:{data.zh_units}", {})[name] = score_dataset(data.dataset, pred)
+    return scores, variant_scores, firings, seconds
+
+
 def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], Encoder], corpora: Corpora,
                 runs_dir: Path, *, checkpoints_dir: Path | None = None, progress: bool = True, fresh: bool = False,
-                encoder: Encoder | None = None) -> dict[str, Any]:
+                encoder: Encoder | None = None, decode: DecodeConfig | None = None,
+                snapshot_epoch: float | None = None) -> dict[str, Any]:
     """Train and evaluate one (variant, seed), or read back its ``metrics.json`` when its run key matches.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
@@ -156,7 +206,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     another load (default: the factory is called once and its encoder keys the run and trains). Writes
     ``runs_dir/<variant>-seed<seed>/metrics.json`` with the scores of every set in :data:`EVAL_SETS`, the
     training curves, the seconds each stage took and, under ``extra``, ``run_key`` and ``run_key_parts``
-    (:func:`run_key_parts`).
+    (:func:`run_key_parts`), the decoding variants (:func:`evaluate_tagger`) and, with ``snapshot_epoch``,
+    the scores of the same run's weights at that epoch (variant ``epoch<snapshot_epoch>``, e.g. ``epoch1``:
+    what stopping there gives).
 
     A cached run is read back only when its run key equals this one and, with ``checkpoints_dir``, a
     checkpoint of that same run key is there; otherwise it is rerun, and one log line (warning level)
@@ -170,7 +222,11 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     loaded = encoder_factory() if encoder is None else None
     reference = encoder if encoder is not None else loaded
     assert reference is not None
-    parts = run_key_parts(variant, cfg, reference, corpora)
+    decode = decode or DecodeConfig()
+    evaluation = {"decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units,
+                  "alt_units": {k: v.zh_units for k, v in sorted(corpora.alt_units.items())},
+                  "snapshot_epoch": snapshot_epoch}
+    parts = run_key_parts(variant, cfg, reference, corpora, evaluation)
     key = run_key(parts)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -188,23 +244,28 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
             raise ValueError(f"encoder_factory loaded {loaded.name!r} with identity {loaded.identity[:16]}, but the "
                              f"run is keyed by {reference.name!r} with identity {reference.identity[:16]} (the "
                              "encoder the corpora were prepared with): load the same encoder in both")
-    result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress)
-    scores: dict[str, Any] = {}
-    seconds: dict[str, float] = {"train": result.seconds}
-    for name in EVAL_SETS:
-        data: Prepared = getattr(corpora, name)
-        t0 = time.perf_counter()
-        pred = predict(result.tagger, data, cfg.eval_batch_size, progress=progress)
-        seconds[f"predict_{name}"] = time.perf_counter() - t0
-        scores[name] = score_dataset(data.dataset, pred)
+    result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress,
+                   snapshot_epoch=snapshot_epoch)
+    scores, variant_scores, firings, predict_seconds = evaluate_tagger(
+        result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
+    seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
     if checkpoint is not None:
         save_checkpoint(result, checkpoint, cfg, run_key=key)
+    if result.snapshot is not None:
+        result.tagger.load_state_dict(result.snapshot[1])
+        snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},
+                                                   batch_size=cfg.eval_batch_size, progress=progress, alt_units=False)
+        variant_scores[f"epoch{snapshot_epoch:g}"] = snap
+        seconds["predict_snapshot"] = sum(snap_seconds.values())
     sizes = {k: v["sentences"] for k, v in parts["data"].items()}
     extra = {
         "run_key": key, "run_key_parts": parts, "sizes": sizes, "best_step": result.best_step,
         "best_dev_f1": result.best_dev_f1, "history": result.history, "dev_history": result.dev_history,
         "seconds": seconds, "encoder_identity": reference.identity, "unk_counts": unk_counts(corpora),
         "checkpoint_saved": checkpoint is not None,
+        "decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units, "variant_scores": variant_scores,
+        "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
+        "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
     }
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)

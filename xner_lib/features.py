@@ -31,7 +31,7 @@ from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_id
 from .files import write_atomic, write_bytes_atomic
 from .progress import Progress
 from .progress import progress as progress_bar
-from .units import UNIT_RULE, EncodedSentence, encode_sentences
+from .units import EncodedSentence, encode_sentences, unit_rule
 
 CACHE_FORMAT = "xner-features-v1"
 _SHARD_MAGIC = b"XNERSHD1"
@@ -179,10 +179,11 @@ def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], 
 
 
 def feature_key(encoder: Encoder, token_lists: Sequence[Sequence[str]], language: str,
-                stride: int | None = None) -> str:
+                stride: int | None = None, zh_units: str = "token") -> str:
     """The cache key: sha256 over the encoder's current identity, tokenizer, unit rule, windowing and text."""
     head = {"format": CACHE_FORMAT, "encoder": encoder_identity(encoder.model, encoder.tokenizer),
-            "tokenizer": tokenizer_identity(encoder.tokenizer), "unit_rule": UNIT_RULE, "pooling": "unit-first-subword",
+            "tokenizer": tokenizer_identity(encoder.tokenizer),
+            "unit_rule": unit_rule(zh_units if language == "zh" else "token"), "pooling": "unit-first-subword",
             "max_length": encoder.max_length, "stride": stride, "language": language, "dtype": "float16"}
     h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     for toks in token_lists:
@@ -219,7 +220,7 @@ def _read_shard(path: Path, expected_units: Sequence[int]) -> list[torch.Tensor]
 def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | Sequence[str]],
                          language: str | None = None, cache_dir: str | os.PathLike[str] | None = None, *,
                          shard_size: int = 512, batch_tokens: int = 4096, stride: int | None = None,
-                         progress: bool = True) -> list[torch.Tensor]:
+                         progress: bool = True, zh_units: str = "token") -> list[torch.Tensor]:
     """Frozen-encoder unit features of a whole dataset, computed once and then read from the cache.
 
     ``data`` is a :class:`Dataset` (its language is used) or a list of sentences / token lists with
@@ -238,15 +239,16 @@ def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | S
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     token_lists = [list(s.tokens) if isinstance(s, Sentence) else list(s) for s in sentences]
-    encoded = encode_sentences(encoder.tokenizer, token_lists, language)
-    key = feature_key(encoder, token_lists, language, stride)
+    encoded = encode_sentences(encoder.tokenizer, token_lists, language, zh_units=zh_units)
+    key = feature_key(encoder, token_lists, language, stride, zh_units)
     root = resolve_cache_dir(cache_dir) / "features" / key[:32]
     root.mkdir(parents=True, exist_ok=True)
     meta_path = root / "meta.json"
     try:
         shard_size = int(json.loads(meta_path.read_text())["shard_size"])
     except (OSError, ValueError, KeyError):
-        meta = {"key": key, "format": CACHE_FORMAT, "encoder": encoder.name, "unit_rule": UNIT_RULE,
+        meta = {"key": key, "format": CACHE_FORMAT, "encoder": encoder.name,
+                "unit_rule": unit_rule(zh_units if language == "zh" else "token"),
                 "language": language, "max_length": encoder.max_length, "stride": stride,
                 "sentences": len(encoded), "units": sum(e.n_units for e in encoded), "shard_size": shard_size}
         write_atomic(meta_path, json.dumps(meta, indent=2))

@@ -257,13 +257,22 @@ class BiLstmCrfHead(nn.Module):
         trans = torch.where(self.trans_allowed, self.crf.transitions.detach(), neg)
         return start, trans, self.crf.end_transitions.detach().clone()
 
-    def crf_decode(self, emissions: Tensor, mask: Tensor, *, constrained: bool = True) -> list[list[int]]:
+    def crf_decode(self, emissions: Tensor, mask: Tensor, *, constrained: bool = True,
+                   allowed: Tensor | None = None) -> list[list[int]]:
         """Viterbi argmax of the score ``S(X,y)`` of eq. 8 from ``emissions [B,U,L]``.
 
-        With ``constrained`` (default) only valid IOB2 sequences are considered. Returns ``B`` lists of
-        label ids, each exactly as long as its sentence's mask.
+        With ``constrained`` (default) only valid IOB2 sequences are considered. ``allowed`` (Bool
+        ``[B,U,L]`` or ``[L]``) restricts the labels each position may take (the target's label set, links
+        as O): a forbidden label's emission becomes ``-inf``; ``O`` must stay allowed everywhere. Returns
+        ``B`` lists of label ids, each exactly as long as its sentence's mask.
         """
         self._check_emissions(emissions, mask)
+        if allowed is not None:
+            allowed = allowed.to(emissions.device).bool().expand_as(emissions)
+            o = self.config.labels.index("O")
+            if not bool(allowed[..., o].all()):
+                raise ValueError("allowed must keep the label O at every position")
+            emissions = emissions.masked_fill(~allowed, float("-inf"))
         with torch.no_grad():
             if constrained:
                 start, trans, end = self.constrained_transitions()

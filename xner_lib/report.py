@@ -7,19 +7,23 @@ Markdown by :func:`write_table`; figures are written as PNG by :func:`save_figur
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from .data import CORPUS_FILES, DataFile, Dataset, read_file  # noqa: E402
+from .data.links import count_links  # noqa: E402
+from .evaluate import primary_view, unit_ceiling  # noqa: E402
 from .files import atomic_file, write_atomic  # noqa: E402
 from .paper import TABLE1  # noqa: E402
+from .units import ZH_UNITS, UnitTagCounts, encode_sentences, unit_tags  # noqa: E402
 
 
 def read_corpora(data_dir: Path, files: Iterable[DataFile] = CORPUS_FILES) -> list[Dataset]:
@@ -57,6 +61,33 @@ def table1(datasets: Iterable[Dataset]) -> pd.DataFrame:
             "paper": paper,
             "paper_counts": unit,
         })
+    return pd.DataFrame(rows)
+
+
+def unit_ceiling_table(datasets: Iterable[Dataset], tokenizer, schemes: Iterable[str] = ZH_UNITS) -> pd.DataFrame:
+    """Per Chinese corpus and unit scheme (:mod:`xner_lib.units`): units, entities, what :func:`unit_tags`
+    did to them (``start_inside``, ``end_inside``, ``merged``) and the *unit ceiling*, the strict F1 of
+    the gold tags mapped to units and back (primary view; :func:`~xner_lib.evaluate.unit_ceiling`). Also
+    the links found (:mod:`xner_lib.data.links`), which are decoded as O."""
+    rows = []
+    for ds in datasets:
+        if ds.language != "zh":
+            continue
+        links = count_links([s.tokens for s in ds], ds.language, [s.tags for s in ds])
+        for scheme in schemes:
+            encoded = encode_sentences(tokenizer, ds.sentences, ds.language, zh_units=scheme)
+            counts = UnitTagCounts()
+            for sent, enc in zip(ds.sentences, encoded, strict=True):
+                unit_tags(sent.tags, enc.unit_spans, counts)
+            view = primary_view(ds.format)
+            ceiling = unit_ceiling(ds, [e.unit_spans for e in encoded])[view]["strict"]
+            rows.append({"dataset": ds.name, "split": ds.split, "units": scheme,
+                         "n_units": sum(e.n_units for e in encoded), "tokens": ds.n_tokens,
+                         "entities": counts["entities"], "start_inside": counts["start_inside"],
+                         "end_inside": counts["end_inside"], "merged": counts["merged"],
+                         "ceiling_view": view, "ceiling_f1": ceiling["f1"], "ceiling_recall": ceiling["recall"],
+                         "links": links.links, "link_tokens": links.tokens,
+                         "gold_entity_tokens_in_links": links.gold_entity_tokens})
     return pd.DataFrame(rows)
 
 
@@ -166,6 +197,73 @@ def results_table(metrics: Iterable[dict], paper: dict[str, dict[str, float]],
             "f1_conlleval_mean": grp.f1_conlleval.mean(),
             "seeds": " ".join(str(s) for s in sorted(grp.seed)),
         })
+    return pd.DataFrame(rows).round(4)
+
+
+#: the sets of the change table: scores key, view, column label
+CHANGE_SETS: tuple[tuple[str, str, str], ...] = (
+    ("conll_dev", "conll", "CoNLL dev"),
+    ("weibo_test", "weibo_nam", "Weibo (NAM)"),
+    ("peoples_daily_test", "peoples_daily", "People's Daily"),
+)
+
+
+def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired per-seed differences and its two-sided ``level`` t-interval (nan bounds with one seed)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """The effect of each change against the ``reference`` variant's runs, paired by seed (issue 10).
+
+    ``changes`` maps a row label to ``("decode", name)`` (the reference runs scored another way:
+    ``extra.variant_scores[name]``, e.g. ``no_links``, ``units:token``, ``epoch1``) or ``("run", variant)``
+    (other runs, e.g. trained without MISC). Per set of :data:`CHANGE_SETS`: strict F1 mean and std over
+    seeds, and the mean paired difference (change minus reference) with its 95% t-interval. A set a change
+    does not score is left empty.
+    """
+    metrics = list(metrics)
+    ref = {m["seed"]: m for m in metrics if m["variant"] == reference}
+    if not ref:
+        raise ValueError(f"no run of the reference variant {reference!r}")
+
+    def f1(scores: dict, key: str, view: str) -> float | None:
+        s = scores.get(key, {}).get(view)
+        return None if s is None else s["strict"]["f1"]
+
+    rows = []
+    for label, (kind, name) in {"reference": ("ref", reference), **changes}.items():
+        if kind == "run":
+            runs = {m["seed"]: m["scores"] for m in metrics if m["variant"] == name}
+        elif kind == "decode":
+            runs = {seed: m["extra"]["variant_scores"][name] for seed, m in ref.items()
+                    if name in m.get("extra", {}).get("variant_scores", {})}
+        elif kind == "ref":
+            runs = {seed: m["scores"] for seed, m in ref.items()}
+        else:
+            raise ValueError(f"change {label!r}: kind must be 'decode' or 'run', got {kind!r}")
+        row: dict[str, object] = {"change": label, "seeds": " ".join(str(x) for x in sorted(runs))}
+        for key, view, col in CHANGE_SETS:
+            pairs = [(f1(sc, key, view), f1(ref[seed]["scores"], key, view)) for seed, sc in sorted(runs.items())
+                     if seed in ref]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not pairs:
+                continue
+            vals = [a for a, _ in pairs]
+            row[f"{col} F1"] = float(np.mean(vals))
+            row[f"{col} std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            if kind != "ref":
+                mean, lo, hi = paired_interval([a - b for a, b in pairs])
+                row[f"{col} diff"] = mean
+                row[f"{col} 95% CI"] = f"[{lo:+.4f}, {hi:+.4f}]"
+        rows.append(row)
     return pd.DataFrame(rows).round(4)
 
 

@@ -20,7 +20,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,16 @@ from torch import Tensor, nn
 
 from .config import ConfigError, did_you_mean
 from .data import Dataset
+from .data.labels import MODEL_LABELS, MODEL_TYPES
+from .data.links import link_mask
+from .decoding import DecodeConfig, allowed_matrix
 from .encoders import Encoder, load_encoder
 from .evaluate import score
 from .features import cached_unit_features, unit_vectors
 from .files import atomic_dir
 from .model import BiLstmCrfHead, HeadConfig
 from .progress import progress as progress_bar
-from .units import EncodedSentence, encode_sentences, spread_tags, unit_tags
+from .units import EncodedSentence, UnitTagCounts, encode_sentences, spread_tags, unit_tags
 
 
 @dataclass
@@ -52,6 +56,13 @@ class TrainConfig:
     holds 96M of its 117M parameters, and rows of pieces unseen in English get no gradient anyway).
     ``max_sentences`` keeps the first training sentences only
     (smoke). ``evals_per_epoch`` CoNLL-dev evaluations pick the kept weights.
+
+    Convergence (issue 10): ``epochs`` is the cap (the paper's 3) and sets the length of the linear
+    schedule; with ``patience`` set, training stops after that many CoNLL-dev evaluations in a row without
+    a new best strict F1 (``None``: run to the cap). ``misc_class=False`` trains without a MISC class:
+    CoNLL MISC spans become O (counted) and the label map holds PER, LOC and ORG only.
+    ``freeze_layers`` keeps the encoder's lowest transformer layers fixed (0: none), which shortens the
+    backward pass on a CPU.
     """
 
     encoder: str = "bert-base-multilingual-cased"
@@ -65,6 +76,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     evals_per_epoch: int = 2
+    patience: int | None = None
+    freeze_layers: int = 0
+    misc_class: bool = True
     eval_batch_size: int = 64
     max_sentences: int | None = None
     seed: int = 1
@@ -79,6 +93,8 @@ class TrainConfig:
         if unknown:
             raise ConfigError([f"unknown key '{k}' in TrainConfig.head: HeadConfig has no such settable field; "
                                f"{did_you_mean(k, head_fields)}" for k in unknown])
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be a positive number of evaluations or None, got {self.patience}")
 
 
 def set_seed(seed: int) -> None:
@@ -121,13 +137,21 @@ def pad_features(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
-def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str]
-              ) -> list[list[int]]:
-    """Unit label ids: each unit takes its first token's tag (:func:`~xner_lib.units.unit_tags`)."""
+def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str], *,
+              counts: Counter | None = None) -> list[list[int]]:
+    """Unit label ids (:func:`~xner_lib.units.unit_tags`, whose entity counts go to ``counts``). An entity
+    type the label map lacks (MISC when ``misc_class`` is off) becomes O, counted as ``as_o:<type>``
+    entities; any other unknown tag is an error naming the sentence."""
     index = {t: i for i, t in enumerate(labels)}
+    known_types = {t[2:] for t in labels if t != "O"}
+    counts = counts if counts is not None else UnitTagCounts()
     out = []
     for k, (enc, t) in enumerate(zip(encoded, tags, strict=True)):
-        ut = unit_tags(t, enc.unit_spans)
+        ut = unit_tags(t, enc.unit_spans, counts)
+        for x in ut:
+            if x.startswith("B-") and x[2:] not in known_types and x[2:] in MODEL_TYPES:
+                counts[f"as_o:{x[2:]}"] += 1
+        ut = ["O" if x != "O" and x[2:] not in known_types and x[2:] in MODEL_TYPES else x for x in ut]
         unknown = sorted(set(ut) - set(index))
         if unknown:
             raise ValueError(f"sentence {k}: tags {unknown} are not in the model's labels {list(labels)}")
@@ -151,29 +175,36 @@ def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, 
 
 @dataclass
 class Prepared:
-    """A dataset encoded into units once: encodings, and frozen features when the tagger is frozen."""
+    """A dataset encoded into units once: encodings, link tokens (:mod:`~xner_lib.data.links`), and frozen
+    features when the tagger is frozen. ``zh_units``: the Chinese unit scheme (:mod:`~xner_lib.units`)."""
 
     dataset: Dataset
     encoded: list[EncodedSentence]
     cached: list[Tensor] | None = None
+    links: list[list[bool]] | None = None
+    zh_units: str = "token"
 
 
-def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None
-            ) -> Prepared:
-    """Encode ``dataset`` into units (and, frozen, read or compute its cached features)."""
-    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language)
-    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir) if frozen else None
-    return Prepared(dataset, encoded, cached)
+def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None,
+            zh_units: str = "token") -> Prepared:
+    """Encode ``dataset`` into units, find its link tokens (and, frozen, read or compute its cached features)."""
+    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units=zh_units)
+    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir, zh_units=zh_units) if frozen else None
+    links = [link_mask(s.tokens, dataset.language) for s in dataset.sentences]
+    return Prepared(dataset, encoded, cached, links, zh_units)
 
 
 @torch.no_grad()
-def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True) -> list[list[str]]:
-    """Token-level IOB2 predictions for every sentence of ``data`` (unit tags spread BIO-aware over the
-    tokens each unit covers; one prediction per gold token, in order)."""
+def predict_many(tagger: Tagger, data: Prepared, decodes: Mapping[str, DecodeConfig], batch_size: int = 64,
+                 progress: bool = True) -> dict[str, list[list[str]]]:
+    """Token-level IOB2 predictions of every sentence of ``data`` under each named decoding
+    (:class:`~xner_lib.decoding.DecodeConfig`): the encoder and emissions run once, Viterbi once per
+    decoding. Unit tags are spread BIO-aware over the tokens each unit covers: one prediction per gold
+    token, in order."""
     was = tagger.training
     tagger.eval()
     order = sorted(range(len(data.encoded)), key=lambda i: len(data.encoded[i].input_ids))
-    out: list[list[str] | None] = [None] * len(order)
+    out: dict[str, list[list[str] | None]] = {name: [None] * len(order) for name in decodes}
     labels = tagger.head.config.labels
     bar = progress_bar(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", unit="sent",
                        disable=not progress, leave=False)
@@ -181,14 +212,27 @@ def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool
         idx = order[start:start + batch_size]
         cached = [data.cached[i] for i in idx] if data.cached is not None else None
         feats, mask = tagger.features([data.encoded[i] for i in idx], cached)
-        for i, seq in zip(idx, tagger.head.decode(feats, mask), strict=True):
-            out[i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
+        emissions = tagger.head.emissions(feats, mask)
+        spans = [data.encoded[i].unit_spans for i in idx]
+        links = [data.links[i] for i in idx] if data.links is not None else None
+        for name, config in decodes.items():
+            allowed = allowed_matrix(labels, data.dataset.format, config, spans, links, emissions.shape[1])
+            for i, seq in zip(idx, tagger.head.crf_decode(emissions, mask, allowed=allowed), strict=True):
+                out[name][i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
         bar.update(len(idx))
     bar.close()
     tagger.train(was)
-    for i, (pred, sent) in enumerate(zip(out, data.dataset.sentences, strict=True)):
-        assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
+    for preds in out.values():
+        for i, (pred, sent) in enumerate(zip(preds, data.dataset.sentences, strict=True)):
+            assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
     return out  # type: ignore[return-value]
+
+
+def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True,
+            decode: DecodeConfig | None = None) -> list[list[str]]:
+    """Token-level IOB2 predictions of every sentence of ``data`` under one decoding (default:
+    :class:`~xner_lib.decoding.DecodeConfig`'s defaults), see :func:`predict_many`."""
+    return predict_many(tagger, data, {"_": decode or DecodeConfig()}, batch_size, progress)["_"]
 
 
 @dataclass
@@ -201,12 +245,38 @@ class TrainResult:
     best_step: int
     best_dev_f1: float
     seconds: float
+    stopped_early: bool = False
+    label_counts: dict[str, int] = field(default_factory=dict)
+    #: (step, state dict) kept at ``snapshot_epoch`` (see :func:`train`), or None
+    snapshot: tuple[int, dict[str, Tensor]] | None = None
+
+
+def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
+    """The label map a run trains with: ``labels.MODEL_LABELS``, without MISC when ``cfg.misc_class`` is off
+    (a ``labels`` entry of ``cfg.head`` wins)."""
+    if "labels" in cfg.head:
+        return tuple(cfg.head["labels"])
+    return MODEL_LABELS if cfg.misc_class else tuple(x for x in MODEL_LABELS if not x.endswith("-MISC"))
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT-like encoder (BERT, XLM-R, e5: ``model.encoder.layer``)."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__}: no encoder.layer list to freeze layers of")
+    return layers
 
 
 def build_tagger(cfg: TrainConfig, encoder: Encoder) -> Tagger:
-    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **cfg.head))
+    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **{**cfg.head, "labels": model_labels(cfg)}))
     if cfg.finetune and cfg.freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.finetune and cfg.freeze_layers:
+        layers = encoder_layers(encoder.model)
+        if cfg.freeze_layers > len(layers):
+            raise ValueError(f"freeze_layers={cfg.freeze_layers} but {encoder.name} has {len(layers)} layers")
+        for layer in layers[:cfg.freeze_layers]:
+            layer.requires_grad_(False)
     return Tagger(head, encoder if cfg.finetune else None)
 
 
@@ -232,9 +302,13 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
 
 
 def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Prepared, *,
-          progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+          progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
+          snapshot_epoch: float | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
-    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11."""
+    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11.
+
+    ``snapshot_epoch``: also keep (``TrainResult.snapshot``) the weights of the first evaluation at or after
+    that epoch, whatever its dev score, so the same run can be scored as if it had stopped there."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -244,7 +318,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     if not cfg.finetune and train_data.cached is None:
         raise ValueError("a frozen tagger trains on cached features: prepare(..., frozen=True)")
     labels = tagger.head.config.labels
-    ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels)
+    label_counts = UnitTagCounts()
+    ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels, counts=label_counts)
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
     n_epochs = math.ceil(cfg.epochs)
@@ -258,11 +333,14 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     gold_dev = [s.tags for s in dev_data.dataset.sentences]
     start = time.perf_counter()
     step = 0
+    since_best = 0  # evaluations since the last new best
+    snapshot: tuple[int, dict[str, Tensor]] | None = None
+    stopped_early = False
     bar = progress_bar(total=total, desc=f"train seed {cfg.seed}", unit="steps", disable=not progress)
     tagger.train()
     for _epoch in range(n_epochs):
         for batch in length_batches(lengths, cfg.batch_size, rng):
-            if step >= total:
+            if step >= total or stopped_early:
                 break
             cached = [train_data.cached[i] for i in batch] if train_data.cached is not None else None
             feats, mask = tagger.features([train_data.encoded[i] for i in batch], cached)
@@ -289,13 +367,20 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 dev_history.append(row)
                 if on_eval:
                     on_eval(row)
+                if snapshot_epoch is not None and snapshot is None and row["epoch"] >= snapshot_epoch - 1e-9:
+                    snapshot = (step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                 if row["dev_f1"] > best[0]:
                     best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+                    since_best = 0
+                else:
+                    since_best += 1
+                    stopped_early = cfg.patience is not None and since_best >= cfg.patience
     bar.close()
     assert best[2] is not None
     tagger.load_state_dict(best[2])
     tagger.eval()
-    return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start)
+    return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
+                       stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot)
 
 
 # --- checkpoints -------------------------------------------------------------------------------------

@@ -11,12 +11,22 @@ A unit is a contiguous run of sentence tokens represented by one sub-word vector
   inserted unknown id and counted in ``n_nopiece``; tokens represented by the tokenizer's own unknown
   piece are counted in ``n_unk``. Nothing is dropped: the unit spans tile the sentence.
 
-Labels move between tokens and units with :func:`unit_tags` (a unit takes its first token's tag) and
-:func:`spread_tags` (BIO-aware: the first token gets the unit's tag, the rest ``I-`` of its type).
+Two unit schemes for Chinese (``zh_units``, DESIGN.md Model; docs/method.md, "Units"):
+
+* ``token`` (``units-v1``): one unit per sub-word, as above. An entity boundary that falls inside a
+  multi-character sub-word cannot be predicted (the *unit ceiling*, :func:`unit_ceiling_tags`).
+* ``char``: every Chinese character is its own unit and carries the vector of the sub-word that covers
+  it; the encoder input is the same. Every boundary is reachable (the ceiling is 100%).
+
+Labels move between tokens and units with :func:`unit_tags` and :func:`spread_tags` (BIO-aware: the first
+token gets the unit's tag, the rest ``I-`` of its type). :func:`unit_tags` keeps every entity under one
+policy, counted (:class:`UnitTagCounts`): a unit takes the tag of its first token, unless an entity
+*begins* inside the unit, in which case the unit begins the first entity that begins inside it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,8 +36,17 @@ from .data import Sentence
 
 BARE_PIECE = "\u2581"
 LANGUAGES = ("en", "zh")
+ZH_UNITS = ("token", "char")
 UNIT_RULE = ("units-v1 en=word,first-non-bare-subword zh=unspaced-offsets,token-units,no-bare "
              "uncovered=inserted-unk")
+
+
+def unit_rule(zh_units: str = "token") -> str:
+    """The name of the unit rule (it enters feature-cache and run keys): ``UNIT_RULE`` for ``token`` units,
+    with ``zh=char-units`` appended for ``char`` units."""
+    if zh_units not in ZH_UNITS:
+        raise ValueError(f"zh_units must be one of {ZH_UNITS}, got {zh_units!r}")
+    return UNIT_RULE if zh_units == "token" else UNIT_RULE + " zh=char-units,covering-subword-vector"
 
 
 @dataclass(frozen=True)
@@ -175,11 +194,28 @@ def _encode_zh(tokenizer: PreTrainedTokenizerBase, batch: list[list[str]]) -> li
     return out
 
 
+def split_units(sentence: EncodedSentence) -> EncodedSentence:
+    """``char`` units: every token its own unit, carrying the sub-word position of the unit that held it.
+    The sub-word ids (the encoder's input) do not change."""
+    pos: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for p, (a, b) in zip(sentence.unit_pos, sentence.unit_spans, strict=True):
+        pos.extend([p] * (b - a))
+        spans.extend((t, t + 1) for t in range(a, b))
+    return EncodedSentence(sentence.input_ids, pos, spans, sentence.n_unk, sentence.n_nopiece)
+
+
 def encode_sentences(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[Sentence | Sequence[str]],
-                     language: str, *, chunk: int = 1024) -> list[EncodedSentence]:
-    """Encode sentences (``Sentence`` objects or token lists) into units; ``language`` is ``en`` or ``zh``."""
+                     language: str, *, zh_units: str = "token", chunk: int = 1024) -> list[EncodedSentence]:
+    """Encode sentences (``Sentence`` objects or token lists) into units; ``language`` is ``en`` or ``zh``.
+
+    ``zh_units`` (Chinese only): ``token`` (a unit per sub-word) or ``char`` (a unit per character,
+    :func:`split_units`). English units are always words.
+    """
     if language not in LANGUAGES:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+    if zh_units not in ZH_UNITS:
+        raise ValueError(f"zh_units must be one of {ZH_UNITS}, got {zh_units!r}")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"a fast (Rust) tokenizer is needed for offsets and word ids, got {type(tokenizer).__name__}")
     encode = _encode_en if language == "en" else _encode_zh
@@ -187,21 +223,60 @@ def encode_sentences(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[Sen
     out: list[EncodedSentence] = []
     for start in range(0, len(token_lists), chunk):
         out.extend(encode(tokenizer, token_lists[start:start + chunk]))
+    if language == "zh" and zh_units == "char":
+        out = [split_units(e) for e in out]
     return out
 
 
 def encode_sentence(tokenizer: PreTrainedTokenizerBase, sentence: Sentence | Sequence[str],
-                    language: str) -> EncodedSentence:
+                    language: str, *, zh_units: str = "token") -> EncodedSentence:
     """Encode one sentence into units (see :func:`encode_sentences`)."""
-    return encode_sentences(tokenizer, [sentence], language)[0]
+    return encode_sentences(tokenizer, [sentence], language, zh_units=zh_units)[0]
 
 
-def unit_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[str]:
-    """Token tags -> unit tags: a unit takes the tag of its first token (training on units)."""
+class UnitTagCounts(Counter):
+    """What :func:`unit_tags` did to entities, counted (a ``Counter``):
+
+    ``entities``: entities read; ``start_inside``: entities that begin inside a unit (not on its first
+    token), kept by starting them on that unit; ``end_inside``: entities that end inside a unit, which the
+    unit's tag extends to the unit's end (or cuts, when another entity begins in the same unit);
+    ``merged``: entities whose first token shares a unit with the beginning of an earlier entity, so
+    they are absorbed into it (the only case where an entity loses its own start).
+    """
+
+
+def unit_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]], counts: Counter | None = None) -> list[str]:
+    """Token tags -> unit tags (training on units). Nothing is dropped without a count (``counts``, a
+    :class:`UnitTagCounts` or any ``Counter``, is updated in place when given).
+
+    Policy: a unit takes the tag of its first token, except when an entity begins (``B-``) on a later
+    token of the unit: then the unit takes that ``B-`` tag (the first such entity's), so the entity starts
+    on the unit that holds its first token. With one-token units (English words, ``char`` units) this is
+    the identity.
+    """
     n = spans[-1][1] if spans else 0
     if len(tags) != n:
         raise ValueError(f"{len(tags)} tags for units that cover {n} tokens")
-    return [tags[a] for a, _ in spans]
+    out: list[str] = []
+    for a, b in spans:
+        tag = tags[a]
+        if not tag.startswith("B-"):
+            tag = next((tags[t] for t in range(a + 1, b) if tags[t].startswith("B-")), tag)
+        out.append(tag)
+        if counts is not None:
+            begins = [t for t in range(a, b) if tags[t].startswith("B-")]
+            # an entity token followed, inside the unit, by one that does not continue it
+            ends = sum(tags[t] != "O" and not tags[t + 1].startswith("I-") for t in range(a, b - 1))
+            seen = {"entities": len(begins), "start_inside": sum(t > a for t in begins),
+                    "merged": max(0, len(begins) - 1), "end_inside": ends}
+            counts.update({k: v for k, v in seen.items() if v})
+    return out
+
+
+def unit_ceiling_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[str]:
+    """Gold token tags mapped to units and back (:func:`unit_tags` then :func:`spread_tags`): the best
+    prediction the units allow. Scored against the gold tags it gives the *unit ceiling*."""
+    return spread_tags(unit_tags(tags, spans), spans)
 
 
 def spread_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[str]:

@@ -32,6 +32,14 @@ MODEL_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 MODEL_LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{t}" for t in MODEL_TYPES for p in ("B", "I"))
 SHARED_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG")
 
+#: the entity types each corpus format has, as the model names them: a model decoding a Chinese corpus
+#: over its target's label set may predict these only (MISC forbidden; DESIGN.md, Data).
+TARGET_TYPES: dict[str, tuple[str, ...]] = {
+    "conll": MODEL_TYPES,
+    "weibo": SHARED_TYPES,
+    "peoples_daily": SHARED_TYPES,
+}
+
 #: the evaluation views of each corpus format (the first is the primary one).
 VIEWS: dict[str, tuple[str, ...]] = {
     "conll": ("conll",),
