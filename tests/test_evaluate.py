@@ -171,3 +171,24 @@ def test_git_state_is_dirty_for_changed_code_but_not_for_rewritten_results(tmp_p
     assert evaluate.git_state(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert evaluate.git_state(tmp_path / "results")["dirty"] is True
+
+
+def test_paired_interval_and_change_table_against_a_hand_computation():
+    from xner_lib.report import change_table, paired_interval
+
+    mean, lo, hi = paired_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and hi - mean == pytest.approx(4.302653 * 1.0 / np.sqrt(3), abs=1e-5) and lo == 4.0 - hi
+
+    def run(variant, seed, weibo, pd, variants=None):
+        sc = {"weibo_test": {"weibo_nam": {"strict": {"f1": weibo}}},
+              "peoples_daily_test": {"peoples_daily": {"strict": {"f1": pd}}}}
+        return {"variant": variant, "seed": seed, "scores": sc, "extra": {"variant_scores": variants or {}}}
+
+    alt = {"peoples_daily_test": {"peoples_daily": {"strict": {"f1": 0.5}}}}
+    metrics = [run("base", 1, 0.40, 0.50, {"v": {**alt}}), run("base", 2, 0.44, 0.56, {"v": {**alt}}),
+               run("other", 1, 0.42, 0.51), run("other", 2, 0.50, 0.55), run("other", 3, 0.9, 0.9)]
+    t = change_table(metrics, "base", {"decode v": ("decode", "v"), "run other": ("run", "other")}).set_index("change")
+    assert t.loc["reference", "Weibo (NAM) F1"] == pytest.approx(0.42)
+    assert t.loc["run other", "Weibo (NAM) diff"] == pytest.approx(0.04)  # (0.02 + 0.06) / 2; seed 3 unpaired
+    assert t.loc["decode v", "People's Daily diff"] == pytest.approx(-0.03)  # (0.0 - 0.06) / 2
+    assert np.isnan(t.loc["decode v", "Weibo (NAM) F1"])  # the variant does not score Weibo

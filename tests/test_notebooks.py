@@ -72,7 +72,7 @@ def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: P
     assert (res / "figures" / "training_curves.png").is_file()
     changes = pd.read_csv(res / "tables" / "baseline_changes.csv")
     assert changes.change.tolist() == ["reference", "MISC allowed on Chinese", "links not decoded as O", "neither",
-                                       "token units", "stopped at epoch 0.5", "trained without a MISC class"]
+                                       "token units", "stopped at epoch 0.7", "trained without a MISC class"]
     assert "Weibo (NAM) diff" in changes.columns
 
 

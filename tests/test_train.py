@@ -114,3 +114,40 @@ def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest() -> None:
     train(cfg, enc, prep, prep, progress=False)
     assert torch.equal(enc.model.get_input_embeddings().weight, table)
     assert not torch.equal(enc.model.encoder.layer[0].attention.self.query.weight, layer)
+
+
+def _misc_toy(n: int) -> Dataset:
+    """The toy corpus with a MISC word ('German') in every sentence."""
+    base = _toy(n, "en")
+    sents = [Sentence([*s.tokens, "German"], [*s.tags, "B-MISC"], list(range(1, 7))) for s in base.sentences]
+    return Dataset("toy", "train", "conll", Path("toy"), sents)
+
+
+def test_evaluations_fall_on_epoch_boundaries_and_patience_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xner_lib.train as train_module
+
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    prep = prepare(_toy(40, "en"), enc, frozen=False)  # 5 steps an epoch at batch 8
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.9, 0.95])  # a stand-in dev F1 per evaluation
+    monkeypatch.setattr(train_module, "score", lambda gold, pred: {"strict": {"f1": next(scores)},
+                                                                    "conlleval": {"f1": 0.0}})
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=3, batch_size=8, evals_per_epoch=2, patience=3, seed=1)
+    result = train(cfg, enc, prep, prep, progress=False, snapshot_epoch=1.0)
+    steps = [r["step"] for r in result.dev_history]
+    assert steps == [2, 5, 8, 10, 12]  # round(k * 5 / 2): epoch 1 ends at step 5; stopped after 3 without a best
+    assert result.stopped_early and len(result.history) == 12
+    assert result.best_step == 5 and result.best_dev_f1 == 0.7
+    assert result.snapshot is not None and result.snapshot[0] == 5  # the best up to epoch 1
+
+
+def test_without_a_misc_class_misc_is_trained_and_selected_as_o() -> None:
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    prep = prepare(_misc_toy(16), enc, frozen=False)
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=4, batch_size=8, lr=1e-3, head_lr=1e-2, seed=3,
+                      misc_class=False, head={"dropout": 0.1})
+    result = train(cfg, enc, prep, prep, progress=False)
+    assert not any("MISC" in x for x in result.tagger.head.config.labels)
+    assert result.label_counts["as_o:MISC"] == 16 and result.label_counts["entities"] == 32
+    assert result.best_dev_f1 > 0.9  # selection ignores the MISC gold it cannot predict

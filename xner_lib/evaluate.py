@@ -124,9 +124,11 @@ def score_views(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fm
     if fmt not in VIEWS:
         raise ValueError(f"unknown corpus format {fmt!r}; expected one of {', '.join(VIEWS)}")
     check_aligned(gold, pred)
-    pred_view = "chinese_prediction" if fmt in CHINESE_FORMATS else "conll"
-    pred_h = [harmonise(s, pred_view) for s in pred]
-    return {view: score([harmonise(s, view) for s in gold], pred_h) for view in VIEWS[fmt]}
+    out = {}
+    for view in VIEWS[fmt]:  # CoNLL predictions pass through the gold's own view (conll_shared: MISC -> O)
+        pred_view = "chinese_prediction" if fmt in CHINESE_FORMATS else view
+        out[view] = score([harmonise(s, view) for s in gold], [harmonise(s, pred_view) for s in pred])
+    return out
 
 
 def score_dataset(dataset: Dataset, pred: Sequence[Sequence[str]]) -> dict[str, Any]:

@@ -250,7 +250,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
     if checkpoint is not None:
-        save_checkpoint(result, checkpoint, cfg, run_key=key)
+        save_checkpoint(result, checkpoint, cfg, run_key=key, scoring=evaluation)
     if result.snapshot is not None:
         result.tagger.load_state_dict(result.snapshot[1])
         snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},

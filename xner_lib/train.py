@@ -247,7 +247,7 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     label_counts: dict[str, int] = field(default_factory=dict)
-    #: (step, state dict) kept at ``snapshot_epoch`` (see :func:`train`), or None
+    #: (step, state dict): the best weights up to ``snapshot_epoch`` (see :func:`train`), or None
     snapshot: tuple[int, dict[str, Tensor]] | None = None
 
 
@@ -307,8 +307,14 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
     ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11.
 
-    ``snapshot_epoch``: also keep (``TrainResult.snapshot``) the weights of the first evaluation at or after
-    that epoch, whatever its dev score, so the same run can be scored as if it had stopped there."""
+    CoNLL dev is evaluated at steps ``round(k * steps_per_epoch / evals_per_epoch)`` (so epoch boundaries are
+    evaluation points) and at the last step. A run trained without some CoNLL type (``misc_class=False``) is
+    selected on dev gold with that type as O: the model cannot predict it.
+
+    ``snapshot_epoch``: also keep (``TrainResult.snapshot``) the weights that selection would have kept had
+    the run stopped at that epoch (the best evaluation up to it; the first evaluation when none comes before
+    it), so the same run can be scored as if it had stopped there (its learning rate still follows the full
+    schedule)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -325,12 +331,14 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     n_epochs = math.ceil(cfg.epochs)
     steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     total = int(round(cfg.epochs * steps_per_epoch))
-    eval_every = max(1, steps_per_epoch // cfg.evals_per_epoch)
+    eval_steps = {min(total, round(k * steps_per_epoch / cfg.evals_per_epoch))
+                  for k in range(1, math.ceil(total * cfg.evals_per_epoch / steps_per_epoch) + 1)} | {total}
     opt, sched = _optimizer(tagger, cfg, total)
     history: list[dict[str, float]] = []
     dev_history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Tensor] | None] = (-1.0, 0, None)
-    gold_dev = [s.tags for s in dev_data.dataset.sentences]
+    known = {t[2:] for t in labels if t != "O"}
+    gold_dev = [["O" if t != "O" and t[2:] not in known else t for t in s.tags] for s in dev_data.dataset.sentences]
     start = time.perf_counter()
     step = 0
     since_best = 0  # evaluations since the last new best
@@ -359,7 +367,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                             "seconds": time.perf_counter() - start})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
-            if step % eval_every == 0 or step == total:
+            if step in eval_steps:
                 t0 = time.perf_counter()
                 dev = score(gold_dev, predict(tagger, dev_data, cfg.eval_batch_size, progress=False))
                 row = {"step": step, "epoch": step / steps_per_epoch, "dev_f1": dev["strict"]["f1"],
@@ -367,8 +375,10 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 dev_history.append(row)
                 if on_eval:
                     on_eval(row)
-                if snapshot_epoch is not None and snapshot is None and row["epoch"] >= snapshot_epoch - 1e-9:
-                    snapshot = (step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+                if snapshot_epoch is not None and snapshot is None and row["epoch"] > snapshot_epoch + 1e-9:
+                    # the best up to snapshot_epoch (best[2] is never mutated), or this first evaluation
+                    snapshot = (best[1], best[2]) if best[2] is not None else (
+                        step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                 if row["dev_f1"] > best[0]:
                     best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                     since_best = 0
@@ -377,6 +387,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                     stopped_early = cfg.patience is not None and since_best >= cfg.patience
     bar.close()
     assert best[2] is not None
+    if snapshot_epoch is not None and snapshot is None:  # the run ended before passing snapshot_epoch
+        snapshot = (best[1], best[2])
     tagger.load_state_dict(best[2])
     tagger.eval()
     return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
@@ -386,16 +398,18 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
 # --- checkpoints -------------------------------------------------------------------------------------
 
 def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.PathLike[str], cfg: TrainConfig,
-                    *, run_key: str | None = None) -> Path:
+                    *, run_key: str | None = None, scoring: Mapping[str, Any] | None = None) -> Path:
     """Write ``directory`` (atomically: built beside it, then renamed) with ``config.json`` (train and head
     configs, the label map, the encoder's name, and ``run_key``: the key of the run that made it, see
-    :func:`~xner_lib.experiment.run_or_load`), ``head.safetensors`` and, fine-tuned, ``encoder/`` (the HF
+    :func:`~xner_lib.experiment.run_or_load`; ``scoring``: how its numbers were scored, e.g. the Chinese
+    unit scheme and the decoding), ``head.safetensors`` and, fine-tuned, ``encoder/`` (the HF
     model and tokenizer)."""
     tagger = result_or_tagger.tagger if isinstance(result_or_tagger, TrainResult) else result_or_tagger
     encoder = tagger.encoder
     directory = Path(directory)
     meta = {"train": asdict(cfg), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
-            "encoder": cfg.encoder, "finetuned": encoder is not None, "run_key": run_key}
+            "encoder": cfg.encoder, "finetuned": encoder is not None, "run_key": run_key,
+            "scoring": dict(scoring or {})}
     with atomic_dir(directory) as tmp:
         if encoder is not None:
             encoder.model.save_pretrained(tmp / "encoder")

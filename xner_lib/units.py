@@ -238,37 +238,42 @@ class UnitTagCounts(Counter):
     """What :func:`unit_tags` did to entities, counted (a ``Counter``):
 
     ``entities``: entities read; ``start_inside``: entities that begin inside a unit (not on its first
-    token), kept by starting them on that unit; ``end_inside``: entities that end inside a unit, which the
-    unit's tag extends to the unit's end (or cuts, when another entity begins in the same unit);
-    ``merged``: entities whose first token shares a unit with the beginning of an earlier entity, so
-    they are absorbed into it (the only case where an entity loses its own start).
+    token) and keep their unit, so they start on the unit that holds their first token; ``end_inside``:
+    entity tokens followed, inside their unit, by a token that does not continue them (the entity is
+    extended to the unit's end or cut before it); ``lost``: entities that begin inside a unit another
+    entity keeps (the only case where an entity gets no unit of its own).
     """
 
 
 def unit_tags(tags: Sequence[str], spans: Sequence[tuple[int, int]], counts: Counter | None = None) -> list[str]:
     """Token tags -> unit tags (training on units). Nothing is dropped without a count (``counts``, a
-    :class:`UnitTagCounts` or any ``Counter``, is updated in place when given).
+    :class:`UnitTagCounts` or any ``Counter``, is updated in place when given). The result is valid IOB2.
 
-    Policy: a unit takes the tag of its first token, except when an entity begins (``B-``) on a later
-    token of the unit: then the unit takes that ``B-`` tag (the first such entity's), so the entity starts
-    on the unit that holds its first token. With one-token units (English words, ``char`` units) this is
-    the identity.
+    Policy, for a unit of several tokens: if its last token belongs to an entity, the unit takes that
+    entity (``B-`` when the entity begins inside the unit, else its ``I-``), so the next unit can continue
+    it; otherwise the unit begins the first entity that begins inside it, or takes its first token's tag.
+    An entity beginning inside a unit thus starts on the unit that holds its first token. With one-token
+    units (English words, ``char`` units) this is the identity.
     """
     n = spans[-1][1] if spans else 0
     if len(tags) != n:
         raise ValueError(f"{len(tags)} tags for units that cover {n} tokens")
     out: list[str] = []
     for a, b in spans:
-        tag = tags[a]
-        if not tag.startswith("B-"):
-            tag = next((tags[t] for t in range(a + 1, b) if tags[t].startswith("B-")), tag)
+        begins = [t for t in range(a, b) if tags[t].startswith("B-")]
+        last = tags[b - 1]
+        if last != "O":  # the entity holding the unit's last token: where it begins, if inside the unit
+            start = next((t for t in reversed(begins) if t <= b - 1), None)
+            tag = tags[start] if start is not None else last
+        else:
+            start = begins[0] if begins else None
+            tag = tags[start] if start is not None else tags[a]
         out.append(tag)
         if counts is not None:
-            begins = [t for t in range(a, b) if tags[t].startswith("B-")]
-            # an entity token followed, inside the unit, by one that does not continue it
             ends = sum(tags[t] != "O" and not tags[t + 1].startswith("I-") for t in range(a, b - 1))
-            seen = {"entities": len(begins), "start_inside": sum(t > a for t in begins),
-                    "merged": max(0, len(begins) - 1), "end_inside": ends}
+            kept = start is not None and tag.startswith("B-")  # an entity beginning in the unit keeps it
+            seen = {"entities": len(begins), "start_inside": int(kept and start > a),
+                    "lost": len(begins) - int(kept), "end_inside": ends}
             counts.update({k: v for k, v in seen.items() if v})
     return out
 

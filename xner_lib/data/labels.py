@@ -14,6 +14,8 @@ from collections.abc import Sequence
 #: view -> {corpus entity type -> harmonised type, or None for O}
 HARMONISATION: dict[str, dict[str, str | None]] = {
     "conll": {"PER": "PER", "LOC": "LOC", "ORG": "ORG", "MISC": "MISC"},
+    #: CoNLL on the shared types (MISC as O): comparable between models trained with and without MISC
+    "conll_shared": {"PER": "PER", "LOC": "LOC", "ORG": "ORG", "MISC": None},
     "weibo_nam": {
         "PER.NAM": "PER", "LOC.NAM": "LOC", "GPE.NAM": "LOC", "ORG.NAM": "ORG",
         "PER.NOM": None, "LOC.NOM": None, "GPE.NOM": None, "ORG.NOM": None,
@@ -42,7 +44,7 @@ TARGET_TYPES: dict[str, tuple[str, ...]] = {
 
 #: the evaluation views of each corpus format (the first is the primary one).
 VIEWS: dict[str, tuple[str, ...]] = {
-    "conll": ("conll",),
+    "conll": ("conll", "conll_shared"),
     "weibo": ("weibo_nam", "weibo_nam_nom"),
     "peoples_daily": ("peoples_daily",),
 }

@@ -2,8 +2,9 @@
 characters (counted)").
 
 A link is ``http://`` or ``https://`` or ``www.`` followed by URL characters (RFC 3986's unreserved and
-reserved ASCII set), or a Weibo short link ``t.cn/`` plus its code (at most 7 characters: Weibo text often
-runs straight on into ASCII words, ``http://t.cn/aoRTqWAndroid版``). Tokens are joined as the language
+reserved ASCII set but ``@``, which in Weibo text starts a mention), or a Weibo short link ``t.cn/`` plus
+its code (at most 7 characters: Weibo text often runs straight on into ASCII words, as in Weibo train's
+``http://t.cn/zTozVasAppStore``). Tokens are joined as the language
 writes them (English with spaces, Chinese without) and a token is a *link token* when any of its
 characters lies in a link. @mentions and hashtags are not links: nothing here removes text.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 #: the link pattern (see the module docstring); a Weibo short link is tried first.
 LINK_PATTERN = re.compile(
     r"(?:https?://)?t\.cn/[A-Za-z0-9]{1,7}"
-    r"|(?:https?://|www\.)[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+",
+    r"|(?:https?://|www\.)[A-Za-z0-9\-._~:/?#\[\]!$&'()*+,;=%]+",
     re.IGNORECASE,
 )
 
