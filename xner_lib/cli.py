@@ -3,21 +3,33 @@
 ``python -m xner_lib validate FILE --format conll|weibo|peoples_daily``: check a corpus file.
 ``python -m xner_lib check-profile PROFILE [--param NAME ...]``: check a profile against the notebooks.
 ``python -m xner_lib params NOTEBOOK PROFILE --out FILE [--param NAME ...]``: one notebook's parameters.
+``python -m xner_lib predict --model DIR (--text TEXT | --input FILE) [--format json|conll]``: tag raw text.
+``python -m xner_lib evaluate --model DIR --input FILE --format conll|weibo|peoples_daily [--scheme NAM|NAM+NOM]
+[--out JSON]``: score a saved model on a labelled file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .config import ConfigError, check_profile, notebook_parameters, notebook_paths, notebook_subset, read_profile
 from .data import FORMATS, DataFormatError, read_file
+from .data.labels import VIEWS
+
+if TYPE_CHECKING:
+    from .train import Tagger
+
+#: ``--scheme`` of ``evaluate``: the WeiboNER view it selects (nominal mentions dropped or kept).
+SCHEMES: dict[str, str] = {"NAM": "weibo_nam", "NAM+NOM": "weibo_nam_nom"}
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -84,6 +96,144 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    """An argparse type: a positive integer."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+class _UserError(Exception):
+    """An error the user can fix (a file, a flag): printed as one message, exit status 1."""
+
+
+def _read_texts(path: str) -> list[str]:
+    """The lines of a UTF-8 text file (``-``: standard input), one text each; ``FILE:LINE`` errors."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as err:
+        raise _UserError(f"{path}:0: cannot read ({err.strerror})") from None
+    where = "<stdin>" if path == "-" else path
+    if not raw.strip():
+        raise _UserError(f"{where}:1: empty file (no text to tag)")
+    chunks = raw.split(b"\n")
+    if chunks[-1] == b"":
+        chunks.pop()  # the newline that ends the last line
+    texts, problems = [], []
+    for lineno, chunk in enumerate(chunks, start=1):
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(f"{where}:{lineno}: not UTF-8 (byte 0x{chunk[err.start]:02x} at column {err.start + 1})")
+            continue
+        texts.append(line.removeprefix("\ufeff") if lineno == 1 else line)
+    if problems:
+        raise _UserError("\n".join(problems))
+    return [t.removesuffix("\r") for t in texts]
+
+
+def _load_tagger(model: str, cache_dir: str | None) -> Tagger:
+    """``Tagger.from_pretrained`` with a user's errors (missing directory, not a checkpoint, encoder) as
+    :class:`_UserError`. Imported here: the other commands need no torch."""
+    from .encoders import EncoderUnavailableError
+    from .train import Tagger
+
+    try:
+        return Tagger.from_pretrained(model, cache_dir)
+    except (OSError, ValueError, EncoderUnavailableError) as err:
+        raise _UserError(f"cannot load the model: {err}") from None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        texts = [args.text] if args.text is not None else _read_texts(args.input)
+        tagger = _load_tagger(args.model, args.cache_dir)
+    except _UserError as err:
+        print(err, file=sys.stderr)
+        return 1
+    tagged = tagger.tag_tokens(texts, args.language, batch_size=args.batch_size)
+    if args.format == "json":
+        for t in tagged:
+            print(json.dumps(t.to_json(), ensure_ascii=False))
+    else:
+        blocks = ["\n".join(t.conll_lines()) for t in tagged if t.tokens]
+        if blocks:
+            print("\n\n".join(blocks))
+    return 0
+
+
+def _score_table(scores: dict[str, Any]) -> list[str]:
+    """Per-type and overall strict and conlleval P/R/F1 (%) with gold, predicted and correct entity counts."""
+    strict, lenient = scores["per_type"], scores["per_type_conlleval"]
+    head = (f"{'type':<8} {'strict P':>9} {'R':>6} {'F1':>6}  {'conlleval P':>11} {'R':>6} {'F1':>6}  "
+            f"{'gold':>6} {'pred':>6} {'correct':>7}")
+
+    def row(name: str, s: dict[str, Any], c: dict[str, Any]) -> str:
+        return (f"{name:<8} {100 * s['precision']:>9.2f} {100 * s['recall']:>6.2f} {100 * s['f1']:>6.2f}  "
+                f"{100 * c['precision']:>11.2f} {100 * c['recall']:>6.2f} {100 * c['f1']:>6.2f}  "
+                f"{s['support']:>6} {s['n_pred']:>6} {s['n_correct']:>7}")
+
+    zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "n_pred": 0, "n_correct": 0}
+    lines = [head]
+    for etype in sorted(set(strict) | set(lenient)):
+        lines.append(row(etype, strict.get(etype, zero), lenient.get(etype, zero)))
+    lines.append(row("overall", scores["strict"], scores["conlleval"]))
+    return lines
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import score_dataset
+    from .files import write_atomic
+
+    if args.scheme == "NAM+NOM" and args.format != "weibo":
+        print(f"--scheme NAM+NOM: only --format weibo has nominal mentions to keep ({args.format} has names only)",
+              file=sys.stderr)
+        return 2
+    view = SCHEMES[args.scheme or "NAM"] if args.format == "weibo" else VIEWS[args.format][0]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = read_file(args.input, args.format)
+        tagger = _load_tagger(args.model, args.cache_dir)
+    except DataFormatError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"{args.input}:0: cannot read ({err.strerror})", file=sys.stderr)
+        return 1
+    except _UserError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for w in caught:  # orphan I- tags repaired to B- (counted below too)
+        print(f"note: {w.message}", file=sys.stderr)
+    pred = tagger.predict_dataset(ds, args.batch_size, progress=True)
+    views = score_dataset(ds, pred)
+    settings = {"zh_units": tagger.inference.zh_units, "decode": dataclasses.asdict(tagger.inference.decode)}
+    ents = ds.entity_counts()
+    print(f"model: {args.model} (Chinese units {settings['zh_units']}, decode {settings['decode']})")
+    print(f"input: {args.input} (format {args.format}: {len(ds)} sentences, {ds.n_tokens} tokens, "
+          f"{sum(ents.values())} gold entities, {sum(ds.repaired_orphans.values())} orphan I- repaired to B-)")
+    print(f"view: {view}")
+    for line in _score_table(views[view]):
+        print(line)
+    if args.out:
+        record = {"model": str(args.model), "input": str(args.input), "format": args.format, "view": view,
+                  "scores": views[view], "views": views, "inference": settings, "sentences": len(ds),
+                  "tokens": ds.n_tokens, "gold_entities": dict(sorted(ents.items())),
+                  "repaired_orphans": dict(sorted(ds.repaired_orphans.items()))}
+        try:
+            write_atomic(args.out, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        except OSError as err:
+            print(f"{args.out}: cannot write ({err.strerror})", file=sys.stderr)
+            return 1
+        print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xner_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +258,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     par.add_argument("--notebooks", default=None, metavar="DIR",
                      help="the notebooks directory whose parameters are valid (default: NOTEBOOK's directory)")
     par.set_defaults(func=_params)
+    model_help = "a saved model: the directory save_checkpoint wrote (results/<profile>/checkpoints/<run>)"
+    cache_help = "the encoder cache folder (default: $XNER_CACHE_DIR, else ~/.cache/xner)"
+    pre = sub.add_parser("predict", help="tag raw English or Chinese text with a saved model; print JSON lines "
+                         "(text, language, entities with type and character offsets) or CoNLL columns")
+    pre.add_argument("--model", required=True, metavar="DIR", help=model_help)
+    src = pre.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="one text to tag")
+    src.add_argument("--input", metavar="FILE", help="a UTF-8 file, one text a line ('-': standard input)")
+    pre.add_argument("--format", default="json", choices=("json", "conll"),
+                     help="json: one object per text; conll: token<TAB>tag lines, a blank line between texts "
+                          "(a text without tokens prints none)")
+    pre.add_argument("--language", choices=("en", "zh"), default=None,
+                     help="force the language (default: zh when the text holds a CJK character, else en)")
+    pre.add_argument("--batch-size", type=_positive, default=64)
+    pre.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
+    pre.set_defaults(func=_predict)
+    ev = sub.add_parser("evaluate", help="score a saved model on a labelled file: strict and conlleval P/R/F1 per "
+                        "type. A two-column BIO file (token and tag, space or tab separated) with PER/LOC/ORG tags "
+                        "is read as Chinese by --format peoples_daily; English needs the CoNLL-2003 columns")
+    ev.add_argument("--model", required=True, metavar="DIR", help=model_help)
+    ev.add_argument("--input", required=True, metavar="FILE", help="the labelled file")
+    ev.add_argument("--format", required=True, choices=FORMATS, help="how to read it (as `validate` does)")
+    ev.add_argument("--scheme", choices=tuple(SCHEMES), default=None,
+                    help="NAM (default): names only, Weibo's nominal mentions dropped (the primary view); "
+                         "NAM+NOM (weibo only) keeps them")
+    ev.add_argument("--out", default=None, metavar="JSON", help="also write the scores (every view) here")
+    ev.add_argument("--batch-size", type=_positive, default=64)
+    ev.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
+    ev.set_defaults(func=_evaluate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

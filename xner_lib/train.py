@@ -11,6 +11,10 @@ A :class:`Tagger` is an encoder (section 3.1) under the BiLSTM-CRF head of :mod:
 Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is
 ever seen. A checkpoint directory holds the weights, the configs and the label map, and loads back to
 identical predictions (:func:`save_checkpoint`, :func:`load_checkpoint`).
+
+Inference on new text (issue 14): :meth:`Tagger.from_pretrained` loads a checkpoint with the Chinese unit
+scheme and the decoding of the run that saved it (:class:`InferenceSettings`); :meth:`Tagger.tag` tags raw
+strings (split by :mod:`xner_lib.inference`), :meth:`Tagger.predict_dataset` any read corpus file.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ from .data.links import link_mask
 from .decoding import DecodeConfig, allowed_matrix
 from .encoders import Encoder, load_encoder
 from .evaluate import score
-from .features import cached_unit_features, unit_vectors
+from .features import cached_unit_features, extract_unit_features, unit_vectors
 from .files import atomic_dir
+from .inference import LANGUAGES, TaggedText, detect_language, split_text, text_dataset
 from .model import BiLstmCrfHead, HeadConfig
 from .progress import progress as progress_bar
-from .units import EncodedSentence, UnitTagCounts, encode_sentences, spread_tags, unit_tags
+from .units import ZH_UNITS, EncodedSentence, UnitTagCounts, encode_sentences, spread_tags, unit_tags
 
 
 @dataclass
@@ -104,14 +109,49 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Tagger(nn.Module):
-    """Encoder + BiLSTM-CRF head. ``encoder`` is None in frozen mode, where features are given."""
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a tagger reads new text: the Chinese unit scheme (:mod:`~xner_lib.units`) and the decoding
+    (:class:`~xner_lib.decoding.DecodeConfig`). A checkpoint records those of the run that saved it under
+    ``scoring`` in ``config.json``; the defaults (``char`` units, ``DecodeConfig()``) serve when it does not."""
 
-    def __init__(self, head: BiLstmCrfHead, encoder: Encoder | None = None) -> None:
+    zh_units: str = "char"
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def __post_init__(self) -> None:
+        if self.zh_units not in ZH_UNITS:
+            raise ValueError(f"zh_units must be one of {ZH_UNITS}, got {self.zh_units!r}")
+
+    @classmethod
+    def from_scoring(cls, scoring: Mapping[str, Any] | None, where: str = "config.json") -> InferenceSettings:
+        """The settings recorded under a checkpoint's ``scoring`` key (``where`` names the file in errors)."""
+        scoring = scoring or {}
+        decode = dict(scoring.get("decode") or {})
+        known = {f.name for f in fields(DecodeConfig)}
+        unknown = sorted(set(decode) - known)
+        if unknown:
+            raise ValueError(f"{where}: scoring.decode has unknown keys {unknown}; DecodeConfig has {sorted(known)}")
+        try:
+            return cls(str(scoring.get("zh_units") or "char"), DecodeConfig(**decode))
+        except ValueError as err:
+            raise ValueError(f"{where}: scoring: {err}") from None
+
+
+class Tagger(nn.Module):
+    """Encoder + BiLSTM-CRF head. ``encoder`` is None in frozen mode, where features are given.
+
+    ``text_encoder`` reads new text (:meth:`tag`, :meth:`predict_dataset`): the fine-tuned encoder, or in
+    frozen mode the frozen one (:meth:`from_pretrained` sets it). ``inference``: the unit scheme and decoding
+    used there."""
+
+    def __init__(self, head: BiLstmCrfHead, encoder: Encoder | None = None, *, text_encoder: Encoder | None = None,
+                 inference: InferenceSettings | None = None) -> None:
         super().__init__()
         self.head = head
         self.encoder_model = encoder.model if encoder is not None else None
         self._encoder = encoder
+        self.text_encoder = text_encoder if text_encoder is not None else encoder
+        self.inference = inference or InferenceSettings()
 
     @property
     def encoder(self) -> Encoder | None:
@@ -125,6 +165,76 @@ class Tagger(nn.Module):
         if self._encoder is None:
             raise ValueError("a frozen tagger needs cached features")
         return unit_vectors(self._encoder, batch)
+
+    # --- inference on new text -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+                        ) -> Tagger:
+        """Load a checkpoint written by :func:`save_checkpoint` (:func:`load_checkpoint`), ready to tag text:
+        eval mode, its text encoder, and the unit scheme and decoding recorded under ``scoring`` in its
+        ``config.json`` (:class:`InferenceSettings`). Raises ``FileNotFoundError`` or ``ValueError`` naming
+        the directory or file when it is not a readable checkpoint."""
+        directory = Path(directory)
+        meta_path = directory / "config.json"
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such model directory")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory}: not a saved model (no config.json); a run keeps its model "
+                                    "when its profile sets save_checkpoints: true")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        missing = [k for k in ("train", "head", "finetuned") if k not in meta] if isinstance(meta, dict) else ["{}"]
+        if missing:
+            raise ValueError(f"{meta_path}: not a checkpoint's config (missing {', '.join(missing)})")
+        if not (directory / "head.safetensors").is_file():
+            raise FileNotFoundError(f"{directory / 'head.safetensors'}: missing (an incomplete checkpoint)")
+        settings = InferenceSettings.from_scoring(meta.get("scoring"), str(meta_path))
+        tagger, encoder, _ = load_checkpoint(directory, cache_dir)
+        tagger.text_encoder = encoder
+        tagger.inference = settings
+        return tagger
+
+    def predict_dataset(self, dataset: Dataset, batch_size: int = 64, progress: bool = False) -> list[list[str]]:
+        """Token-level IOB2 predictions for every sentence of ``dataset`` (any format), decoded as the
+        experiments decode that format (:func:`prepare`, :func:`predict` with ``self.inference``). A frozen
+        tagger's features are computed here, not written to the feature cache."""
+        reader = self.text_encoder
+        if reader is None:
+            raise ValueError("this frozen tagger has no text encoder: load it with Tagger.from_pretrained "
+                             "or set tagger.text_encoder")
+        data = prepare(dataset, reader, frozen=False, zh_units=self.inference.zh_units)
+        if self._encoder is None:
+            data.cached = extract_unit_features(reader, data.encoded)
+        return predict(self, data, batch_size, progress=progress, decode=self.inference.decode)
+
+    def tag_tokens(self, texts: Sequence[str], language: str | None = None, batch_size: int = 64
+                   ) -> list[TaggedText]:
+        """Split each text (:func:`~xner_lib.inference.split_text`), tag its tokens, one IOB2 tag per token.
+        ``language``: ``en``, ``zh``, or None to detect it per text (``zh`` when a CJK character is present,
+        :func:`~xner_lib.inference.detect_language`). A text without tokens (empty, whitespace) gets none."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not one string: tag([text])")
+        if language is not None and language not in LANGUAGES:
+            raise ValueError(f"language must be one of {LANGUAGES} or None, got {language!r}")
+        split = [split_text(t) for t in texts]
+        langs = [language or detect_language(t) for t in texts]
+        tags: list[list[str]] = [[] for _ in texts]
+        for lang in LANGUAGES:
+            idx = [i for i, (toks, _) in enumerate(split) if toks and langs[i] == lang]
+            if idx:
+                ds = text_dataset([split[i][0] for i in idx], lang, lines=[i + 1 for i in idx])
+                for i, pred in zip(idx, self.predict_dataset(ds, batch_size), strict=True):
+                    tags[i] = pred
+        return [TaggedText(t, lang, toks, offs, tg)
+                for t, lang, (toks, offs), tg in zip(texts, langs, split, tags, strict=True)]
+
+    def tag(self, texts: Sequence[str], language: str | None = None, batch_size: int = 64
+            ) -> list[list[dict[str, Any]]]:
+        """For each text, its entities as ``{"type", "start", "end", "text"}`` with character offsets into
+        the text (``text[start:end]`` is the entity's text); see :meth:`tag_tokens`."""
+        return [t.entities() for t in self.tag_tokens(texts, language, batch_size)]
 
 
 def pad_features(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
