@@ -15,7 +15,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,11 +170,7 @@ def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
     is ``{variant: {set: scores}}`` (unit variants named ``units:<scheme>``); ``link_firings[set]`` counts
     the entities the links-off decoding predicts on link tokens, i.e. what the link rule removed."""
     variants = DECODE_VARIANTS if variants is None else variants
-    decodes = {"main": decode, **variants}
-    if not decode.links:
-        decodes["_links_off"] = decode
-    else:
-        decodes["_links_off"] = DecodeConfig(target_labels=decode.target_labels, links=False)
+    decodes = {"main": decode, **variants, "_links_off": replace(decode, links=False)}
     scores: dict[str, Any] = {}
     variant_scores: dict[str, Any] = {name: {} for name in variants}
     firings: dict[str, Any] = {}
