@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from xner_lib import encoders, experiment
+from xner_lib.batches import prepare
 from xner_lib.data import read_file
 from xner_lib.data.sources import sha256_cached
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import Encoder, load_encoder, tiny_encoder
 from xner_lib.evaluate import VERSIONED_PACKAGES, package_versions
 from xner_lib.experiment import Corpora, run_or_load
-from xner_lib.train import TrainConfig, prepare
+from xner_lib.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,28 +6,22 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from xner_lib import cli
+from xner_lib.batches import Prepared, prepare
 from xner_lib.data import Dataset, Sentence, read_file
 from xner_lib.data.labels import MODEL_LABELS
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import load_encoder
 from xner_lib.evaluate import score_dataset
 from xner_lib.inference import TaggedText, detect_language, entity_spans, split_text, text_dataset
-from xner_lib.train import (
-    InferenceSettings,
-    Prepared,
-    Tagger,
-    TrainConfig,
-    predict,
-    prepare,
-    save_checkpoint,
-    train,
-)
+from xner_lib.tagger import InferenceSettings, Tagger, predict, save_checkpoint
+from xner_lib.train import TrainConfig, train
 from xner_lib.units import encode_sentences
 
 
@@ -91,7 +85,7 @@ def en_model(root: Path) -> Iterator[tuple[Tagger, Path]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XNER_CACHE_DIR", str(root / "cache"))
         tagger, cfg = _train(_toy_en(64), True, root / "cache")
-        yield tagger, save_checkpoint(tagger, root / "en", cfg)
+        yield tagger, save_checkpoint(tagger, root / "en", asdict(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +94,7 @@ def zh_model(root: Path) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XNER_CACHE_DIR", str(root / "cache"))
         tagger, cfg = _train(_toy_zh(64), True, root / "cache")
-        yield save_checkpoint(tagger, root / "zh", cfg, scoring={"zh_units": "char", "decode": {
+        yield save_checkpoint(tagger, root / "zh", asdict(cfg), scoring={"zh_units": "char", "decode": {
             "target_labels": True, "links": True}, "alt_units": {}, "snapshot_epoch": None})
 
 
@@ -199,7 +193,7 @@ def test_a_frozen_checkpoint_tags_as_predict_does(root: Path) -> None:
     assert tagger.encoder is None and tagger.text_encoder is None
     with pytest.raises(ValueError, match="no text encoder"):
         tagger.tag(["Mr Smith"])
-    loaded = _load(save_checkpoint(tagger, root / "frozen", cfg), root)
+    loaded = _load(save_checkpoint(tagger, root / "frozen", asdict(cfg)), root)
     assert loaded.encoder is None and loaded.text_encoder is not None
     texts = ["the man Mr Smith said", "in Paris Mr Jones said"]
     ds = text_dataset([split_text(t)[0] for t in texts], "en")
@@ -251,11 +245,11 @@ def test_settings_come_from_the_checkpoints_scoring(en_model: tuple[Tagger, Path
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     trained, _ = en_model
     cfg = TrainConfig(encoder="tiny-random-bert", seed=3, head={"dropout": 0.1})
-    ckpt = save_checkpoint(trained, root / "token_units", cfg, scoring={
+    ckpt = save_checkpoint(trained, root / "token_units", asdict(cfg), scoring={
         "zh_units": "token", "decode": {"target_labels": False, "links": False}})
     tagger = _load(ckpt, root)
     assert tagger.inference == InferenceSettings("token", DecodeConfig(target_labels=False, links=False))
-    import xner_lib.train as train_module
+    import xner_lib.tagger as train_module
 
     used: list[tuple[str, str]] = []
     real_prepare, real_predict = train_module.prepare, train_module.predict
@@ -289,7 +283,7 @@ def test_chinese_text_is_decoded_over_the_target_labels_and_links_are_o(en_model
     labels = list(tagger.head.config.labels)
     real = tagger.head.emissions
 
-    def favour_misc(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def favour_misc(feats: torch.Tensor, mask: torch.Tensor, teacher: object = None) -> torch.Tensor:
         out = torch.zeros_like(real(feats, mask))
         out[..., labels.index("B-MISC")] = 10.0
         out[..., labels.index("B-PER")] = 5.0

@@ -12,10 +12,12 @@ from tqdm import tqdm
 
 from xner_lib import progress as progress_module
 from xner_lib.aligner import AlignConfig, align
+from xner_lib.batches import prepare
 from xner_lib.data import Dataset, Sentence
 from xner_lib.encoders import load_encoder
 from xner_lib.progress import SummaryProgress, progress, progress_mode
-from xner_lib.train import TrainConfig, predict, prepare, train
+from xner_lib.tagger import predict
+from xner_lib.train import TrainConfig, train
 
 
 class _Tty(io.StringIO):

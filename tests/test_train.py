@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
+from xner_lib.batches import length_batches, prepare
 from xner_lib.data import Dataset, Sentence, read_file
 from xner_lib.encoders import load_encoder
 from xner_lib.experiment import Corpora, run_or_load
-from xner_lib.train import TrainConfig, length_batches, load_checkpoint, predict, prepare, save_checkpoint, train
+from xner_lib.tagger import load_checkpoint, predict, save_checkpoint
+from xner_lib.train import TrainConfig, train
 
 
 def _toy(n: int, lang: str) -> Dataset:
@@ -49,10 +52,10 @@ def test_training_learns_and_checkpoint_reloads_to_identical_predictions(tmp_pat
     assert result.history[-1]["loss"] < result.history[0]["loss"] / 2
     assert result.best_dev_f1 == max(r["dev_f1"] for r in result.dev_history) > 0.9
     before = predict(result.tagger, prep, progress=False)
-    ckpt = save_checkpoint(result, tmp_path / "ckpt", cfg)
+    ckpt = save_checkpoint(result.tagger, tmp_path / "ckpt", asdict(cfg))
     assert json.loads((ckpt / "config.json").read_text())["labels"][0] == "O"
     tagger, enc2, cfg2 = load_checkpoint(ckpt, tmp_path / "cache")
-    assert cfg2 == cfg
+    assert TrainConfig(**cfg2) == cfg
     zh = read_file(fixtures / "peoples_daily_small.txt", "peoples_daily")
     for ds in (data, zh):
         a = predict(result.tagger, prepare(ds, enc, frozen=not finetune, cache_dir=tmp_path / "cache"), progress=False)

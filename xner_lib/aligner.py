@@ -118,6 +118,33 @@ class AlignConfig:
         return asdict(self)
 
 
+def smoothed_labels(is_target: Tensor, eps: float, flip: bool = False) -> Tensor:
+    """Smoothed labels ``y = delta (1 - 2 eps) + eps`` (eqs 5, 7): (B,) bool -> (B,) float.
+
+    ``delta`` is 1 for target words; ``flip`` gives the mapping's labels ``1 - y`` (eq. 6).
+    """
+    y = is_target.float() * (1 - 2 * eps) + eps
+    return 1 - y if flip else y
+
+
+def discriminator_loss(preds: Tensor, is_target: Tensor, eps: float) -> Tensor:
+    """Discriminator loss with label smoothing (eqs 4-5): mean BCE of (B,) ``D(w)`` against ``y``."""
+    return F.binary_cross_entropy(preds, smoothed_labels(is_target, eps).to(preds.dtype))
+
+
+def mapping_loss(preds: Tensor, is_target: Tensor, eps: float) -> Tensor:
+    """Mapping (generator) loss on flipped labels (eqs 6-7): mean BCE of (B,) ``D(w)`` against ``1 - y``."""
+    return F.binary_cross_entropy(preds, smoothed_labels(is_target, eps, flip=True).to(preds.dtype))
+
+
+@torch.no_grad()
+def orthogonalize_(U: Tensor, beta: float) -> None:
+    """Pull ``U`` towards the orthogonal manifold in place: ``U <- (1 + b) U - b U U^T U`` (MUSE's update,
+    keeping eq. 3's constraint); ``b <= 0`` leaves it unchanged."""
+    if beta > 0:
+        U.copy_((1 + beta) * U - beta * U @ (U.T @ U))
+
+
 class OrthogonalMapping(nn.Module):
     """The linear map of eq. 2, ``V~_s = V_s U``, with ``U`` (d, d) initialised to the identity."""
 
@@ -225,21 +252,16 @@ class AdversarialAligner:
     # ---- equations -------------------------------------------------------------------------------------
 
     def smoothed_labels(self, is_target: Tensor, flip: bool = False) -> Tensor:
-        """Smoothed labels ``y = delta (1 - 2 eps) + eps`` (eqs 5, 7): (B,) bool -> (B,) float.
-
-        ``delta`` is 1 for target words; ``flip`` gives the mapping's labels ``1 - y`` (eq. 6).
-        """
-        eps = self.config.dis_smooth
-        y = is_target.float() * (1 - 2 * eps) + eps
-        return 1 - y if flip else y
+        """Smoothed labels of eqs 5 and 7 (:func:`smoothed_labels`) with ``config.dis_smooth``."""
+        return smoothed_labels(is_target, self.config.dis_smooth, flip)
 
     def discriminator_loss(self, preds: Tensor, is_target: Tensor) -> Tensor:
-        """Discriminator loss with label smoothing (eqs 4-5): mean BCE of (B,) ``D(w)`` against ``y``."""
-        return F.binary_cross_entropy(preds, self.smoothed_labels(is_target))
+        """Discriminator loss with label smoothing (eqs 4-5), :func:`discriminator_loss`."""
+        return discriminator_loss(preds, is_target, self.config.dis_smooth)
 
     def mapping_loss(self, preds: Tensor, is_target: Tensor) -> Tensor:
-        """Mapping loss on flipped labels (eqs 6-7): mean BCE of (B,) ``D(w)`` against ``1 - y``."""
-        return F.binary_cross_entropy(preds, self.smoothed_labels(is_target, flip=True))
+        """Mapping loss on flipped labels (eqs 6-7), :func:`mapping_loss`."""
+        return mapping_loss(preds, is_target, self.config.dis_smooth)
 
     def sample_batch(self, grad: bool) -> tuple[Tensor, Tensor]:
         """A discriminator batch: ``batch_size`` mapped source and target rows drawn from the most frequent.
@@ -286,13 +308,9 @@ class AdversarialAligner:
             self.project_orthogonal()
         return float(loss.detach())
 
-    @torch.no_grad()
     def orthogonalize(self) -> None:
-        """Pull ``U`` towards the orthogonal manifold: ``U <- (1 + b) U - b U U^T U`` (keeps eq. 3's constraint)."""
-        b = self.config.map_beta
-        if b > 0:
-            U = self.mapping.U
-            U.copy_((1 + b) * U - b * U @ (U.T @ U))
+        """Pull ``U`` towards the orthogonal manifold (:func:`orthogonalize_`, ``b = config.map_beta``)."""
+        orthogonalize_(self.mapping.U, self.config.map_beta)
 
     @torch.no_grad()
     def project_orthogonal(self) -> None:

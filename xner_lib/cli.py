@@ -26,7 +26,7 @@ from .data import FORMATS, DataFormatError, read_file
 from .data.labels import VIEWS
 
 if TYPE_CHECKING:
-    from .train import Tagger
+    from .tagger import Tagger
 
 #: ``--scheme`` of ``evaluate``: the WeiboNER view it selects (nominal mentions dropped or kept).
 SCHEMES: dict[str, str] = {"NAM": "weibo_nam", "NAM+NOM": "weibo_nam_nom"}
@@ -140,7 +140,7 @@ def _load_tagger(model: str, cache_dir: str | None) -> Tagger:
     """``Tagger.from_pretrained`` with a user's errors (missing directory, not a checkpoint, encoder) as
     :class:`_UserError`. Imported here: the other commands need no torch."""
     from .encoders import EncoderUnavailableError
-    from .train import Tagger
+    from .tagger import Tagger
 
     try:
         return Tagger.from_pretrained(model, cache_dir)

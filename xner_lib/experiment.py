@@ -19,13 +19,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .batches import Prepared
 from .data import Dataset
 from .data.links import count_links
 from .data.sources import sha256_cached
 from .decoding import DecodeConfig, entities_in_links
 from .encoders import Encoder
 from .evaluate import package_versions, score_dataset, write_metrics
-from .train import Prepared, Tagger, TrainConfig, predict_many, save_checkpoint, train
+from .tagger import Tagger, predict_many, save_checkpoint
+from .train import TrainConfig, key_config, train
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
     parts = {
         "method_version": METHOD_VERSION,
         "variant": variant,
-        "config": asdict(cfg),
+        "config": key_config(cfg),
         "encoder": encoder_key(encoder),
         "data": {k: data_identity(getattr(corpora, k).dataset) for k in KEY_SETS},
         "evaluation": dict(evaluation or {}),
@@ -246,7 +248,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
     if checkpoint is not None:
-        save_checkpoint(result, checkpoint, cfg, run_key=key, scoring=evaluation)
+        save_checkpoint(result.tagger, checkpoint, asdict(cfg), run_key=key, scoring=evaluation)
     if result.snapshot is not None:
         result.tagger.load_state_dict(result.snapshot[1])
         snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},

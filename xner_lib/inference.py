@@ -1,6 +1,6 @@
 """Raw text in, tokens and entity spans with character offsets out (issue 14, points 4 and 5).
 
-This module holds the text side of inference; the model side is :meth:`xner_lib.train.Tagger.tag`.
+This module holds the text side of inference; the model side is :meth:`xner_lib.tagger.Tagger.tag`.
 
 Splitting (:func:`split_text`), the same for every text:
 
@@ -82,10 +82,10 @@ def split_text(text: str) -> tuple[list[str], list[tuple[int, int]]]:
 
 def text_dataset(token_lists: Sequence[Sequence[str]], language: str, *, lines: Sequence[int] | None = None,
                  name: str = "input", source: str = "") -> Dataset:
-    """The adapter from tokenised texts to what :func:`xner_lib.train.prepare` reads: a :class:`Dataset` of
+    """The adapter from tokenised texts to what :func:`xner_lib.batches.prepare` reads: a :class:`Dataset` of
     format ``TEXT_FORMATS[language]``, one :class:`Sentence` per text, every tag ``O`` (no gold), every
     token on line ``lines[i]`` (default ``i + 1``) of ``source``. A text without tokens is refused (the
-    encoder needs at least one; :meth:`~xner_lib.train.Tagger.tag` never sends one)."""
+    encoder needs at least one; :meth:`~xner_lib.tagger.Tagger.tag` never sends one)."""
     if language not in TEXT_FORMATS:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
     lines = list(lines) if lines is not None else list(range(1, len(token_lists) + 1))

@@ -25,6 +25,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 
 from .data.labels import MODEL_LABELS
+from .layers import DEFAULT_DROPOUT, DEFAULT_HEADS, DoubleAttention, ReverseAttentionTransfer
+
+#: the attention layers a head can have (``HeadConfig.attention``)
+ATTENTIONS: tuple[str, ...] = ("none", "double")
 
 
 @dataclass
@@ -33,9 +37,18 @@ class HeadConfig:
 
     ``input_dim`` is the encoder's hidden size ``H``. ``proj_dim`` is Table 2's "token embedding
     dimension 100"; ``lstm_hidden`` is per direction, so the BiLSTM states have ``2 * lstm_hidden``
-    dimensions. ``extra_dim`` is what a ``middle`` module (the double attention) adds to those states
-    before the emission layer. ``labels`` is the label map (IOB2, index = CRF tag id); it travels with
-    the checkpoint.
+    dimensions. ``extra_dim`` is what a custom ``middle`` module adds to those states before the emission
+    layer. ``labels`` is the label map (IOB2, index = CRF tag id); it travels with the checkpoint.
+
+    The paper's layers (section 3.2; DESIGN.md Model 4-5), off by default (the baseline):
+
+    * ``attention="double"``: the semantic and structural self-attention of
+      :class:`~xner_lib.layers.DoubleAttention` over the BiLSTM states, concatenated to them;
+      ``position=False`` drops the structural attention's relative-position terms (the "without position"
+      ablation); ``attention_heads``, ``attention_dropout`` size it.
+    * ``teacher_dim > 0``: the reverse-attention transfer (:class:`~xner_lib.layers.ReverseAttentionTransfer`)
+      from a frozen English teacher whose features have ``teacher_dim`` dimensions; its output is
+      concatenated before the emission layer.
     """
 
     input_dim: int
@@ -45,6 +58,11 @@ class HeadConfig:
     lstm_layers: int = 1
     extra_dim: int = 0
     labels: tuple[str, ...] = field(default=MODEL_LABELS)
+    attention: str = "none"
+    position: bool = True
+    attention_heads: int = DEFAULT_HEADS
+    attention_dropout: float = DEFAULT_DROPOUT
+    teacher_dim: int = 0
 
     def __post_init__(self) -> None:
         self.labels = tuple(self.labels)  # a YAML list becomes a tuple
@@ -56,6 +74,11 @@ class HeadConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"HeadConfig.dropout must be in [0, 1), got {self.dropout}")
         bio_allowed_transitions(self.labels)  # validates the label names
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"HeadConfig.attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.attention_heads < 1 or self.teacher_dim < 0 or not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"HeadConfig: attention_heads >= 1, teacher_dim >= 0 and attention_dropout in [0, 1) "
+                             f"are required, got {self.attention_heads}, {self.teacher_dim}, {self.attention_dropout}")
 
     @property
     def num_labels(self) -> int:
@@ -67,9 +90,15 @@ class HeadConfig:
         return 2 * self.lstm_hidden
 
     @property
+    def attention_dim(self) -> int:
+        """What the double attention adds to the states (the semantic and the structural outputs)."""
+        return 2 * self.state_dim if self.attention == "double" else 0
+
+    @property
     def emission_input_dim(self) -> int:
-        """Input size of the emission layer ``W`` of eq. 9: BiLSTM states plus what ``middle`` adds."""
-        return self.state_dim + self.extra_dim
+        """Input size of the emission layer ``W`` of eq. 9: BiLSTM states plus what ``middle``, the double
+        attention and the transfer add."""
+        return self.state_dim + self.extra_dim + self.attention_dim + self.teacher_dim
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,6 +203,11 @@ class BiLstmCrfHead(nn.Module):
                             batch_first=True, bidirectional=True,
                             dropout=config.dropout if config.lstm_layers > 1 else 0.0)
         self.middle = middle
+        self.attention = (DoubleAttention(config.state_dim, heads=config.attention_heads,
+                                          dropout=config.attention_dropout, position=config.position)
+                          if config.attention == "double" else None)
+        self.transfer = (ReverseAttentionTransfer(config.state_dim, config.teacher_dim,
+                                                  dropout=config.attention_dropout) if config.teacher_dim else None)
         self.emit = nn.Linear(config.emission_input_dim, config.num_labels)  # W of eq. 9
         self.crf = CRF(config.num_labels, batch_first=True)  # A of eq. 8, plus start/end scores
         start_ok, trans_ok = bio_allowed_transitions(config.labels)
@@ -215,22 +249,34 @@ class BiLstmCrfHead(nn.Module):
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=features.shape[1])
         return self.dropout(states)
 
-    def emissions(self, features: Tensor, mask: Tensor) -> Tensor:
+    def emissions(self, features: Tensor, mask: Tensor, teacher: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Emission scores ``O_t = W h_t`` (eq. 9): ``features [B,U,H] -> [B,U,L]``.
 
-        ``h_t`` is the BiLSTM state, passed through ``middle`` first when the head has one.
+        ``h_t`` is the BiLSTM state, passed through ``middle`` first when the head has one, then joined by
+        the double attention's outputs (section 3.2) and by the transfer ``R T`` from the teacher's features
+        ``teacher = (T [B,W,D_t], teacher_mask [B,W])`` when the head has those layers.
         """
         states = self.forward_states(features, mask)
+        mask = mask.bool()
         if self.middle is not None:
-            states = self.middle(states, mask.bool())
+            states = self.middle(states, mask)
+        parts = [states]
+        if self.attention is not None:
+            parts = [self.attention(states, mask)]  # [states, semantic, structural]
+        if self.transfer is not None:
+            if teacher is None:
+                raise ValueError("this head transfers from a teacher: pass teacher=(features [B,W,D_t], mask [B,W])")
+            parts.append(self.transfer(states, mask, teacher[0].to(states.dtype), teacher[1]))
+        states = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
         if states.shape[-1] != self.config.emission_input_dim:
             raise ValueError(f"the emission layer expects {self.config.emission_input_dim} input dimensions "
-                             f"(2*lstm_hidden + extra_dim), got states of shape {tuple(states.shape)}")
+                             f"(2*lstm_hidden + extra_dim + attention + teacher_dim), got states of shape "
+                             f"{tuple(states.shape)}")
         return self.emit(states)
 
-    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, features: Tensor, mask: Tensor, teacher: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Same as :meth:`emissions`: ``[B,U,H] -> [B,U,L]``."""
-        return self.emissions(features, mask)
+        return self.emissions(features, mask, teacher)
 
     # ----------------------------------------------------------------------------- CRF
     def crf_loss(self, emissions: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
@@ -281,12 +327,14 @@ class BiLstmCrfHead(nn.Module):
             return viterbi_decode(emissions.detach(), mask.bool(), start.detach(), trans.detach(), end.detach())
 
     # ----------------------------------------------------------------------------- the two entry points
-    def loss(self, features: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, features: Tensor, mask: Tensor, labels: Tensor, teacher: tuple[Tensor, Tensor] | None = None
+             ) -> Tensor:
         """Training loss ``L_ner = -log p(y|X)`` (eqs 10-11), mean over the batch; a scalar.
 
-        ``features [B,U,H]``, ``mask [B,U]``, ``labels [B,U]`` (long label ids).
+        ``features [B,U,H]``, ``mask [B,U]``, ``labels [B,U]`` (long label ids), ``teacher`` as in
+        :meth:`emissions`.
         """
-        return self.crf_loss(self.emissions(features, mask), mask, labels)
+        return self.crf_loss(self.emissions(features, mask, teacher), mask, labels)
 
     def decode(self, features: Tensor, mask: Tensor, *, constrained: bool = True) -> list[list[int]]:
         """Best label ids per sentence (eq. 8, Viterbi, IOB2 constraints): ``B`` lists of lengths ``mask.sum(1)``."""

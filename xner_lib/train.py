@@ -1,53 +1,46 @@
-"""Training the tagger on English CoNLL-2003 and tagging any corpus with it (paper sections 3 and 4.2).
+"""Training the tagger on English CoNLL-2003 (paper sections 3 and 4.2): the loop over several streams.
 
-A :class:`Tagger` is an encoder (section 3.1) under the BiLSTM-CRF head of :mod:`xner_lib.model`
-(eqs 8-11). Two modes:
+Each step draws from up to three streams and sums named losses (:mod:`~xner_lib.objectives`):
 
-* ``finetune=True``: the encoder is trained with the head (the paper's setting, Table 2); every batch
-  goes through the encoder (:func:`~xner_lib.features.unit_vectors`).
-* ``finetune=False``: the encoder is frozen and its unit vectors come from the content-addressed cache
-  (:func:`~xner_lib.features.cached_unit_features`); only the head trains.
+* English CoNLL batches (always): ``ner``, the CRF loss of eq. 11;
+* Chinese renderings of CoNLL sentences with projected labels, read with a frozen teacher's features
+  (``TrainConfig.transfer``): ``rendered``;
+* unlabelled Chinese batches (``TrainConfig.adversarial``): ``adversarial``, the generator loss of eqs 6-7,
+  after a step of the word discriminator (eqs 4-5) on the same units.
 
-Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is
-ever seen. A checkpoint directory holds the weights, the configs and the label map, and loads back to
-identical predictions (:func:`save_checkpoint`, :func:`load_checkpoint`).
+Optimizer groups: the head, the encoder (with and without weight decay) and the map ``U`` of eq. 2, one
+AdamW with a linear warm-up and decay; the discriminator has its own SGD (:class:`~xner_lib.objectives.Adversary`).
+``U`` is pulled back to orthogonal after every step (eq. 3, MUSE's update).
 
-Inference on new text (issue 14): :meth:`Tagger.from_pretrained` loads a checkpoint with the Chinese unit
-scheme and the decoding of the run that saved it (:class:`InferenceSettings`); :meth:`Tagger.tag` tags raw
-strings (split by :mod:`xner_lib.inference`), :meth:`Tagger.predict_dataset` any read corpus file.
+Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is ever
+seen. The baseline (no attention, no adversarial, no transfer) takes exactly the steps it took before the
+streams existed (a test compares).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
+from .aligner import orthogonalize_
+from .batches import Prepared, label_ids, length_batches
 from .config import ConfigError, did_you_mean
-from .data import Dataset
-from .data.labels import MODEL_LABELS, MODEL_TYPES
-from .data.links import link_mask
-from .decoding import DecodeConfig, allowed_matrix
-from .encoders import Encoder, load_encoder
+from .data.labels import MODEL_LABELS
+from .encoders import Encoder
 from .evaluate import score
-from .features import cached_unit_features, extract_unit_features, unit_vectors
-from .files import atomic_dir
-from .inference import LANGUAGES, TaggedText, detect_language, split_text, text_dataset
-from .model import BiLstmCrfHead, HeadConfig
+from .model import HeadConfig
+from .objectives import AdversarialConfig, Adversary, TransferConfig, parse_section, sample_units
 from .progress import progress as progress_bar
-from .units import ZH_UNITS, EncodedSentence, UnitTagCounts, encode_sentences, spread_tags, unit_tags
+from .tagger import Tagger, Teacher, build_tagger, predict
+from .units import UnitTagCounts
 
 
 @dataclass
@@ -68,6 +61,11 @@ class TrainConfig:
     CoNLL MISC spans become O (counted) and the label map holds PER, LOC and ORG only.
     ``freeze_layers`` keeps the encoder's lowest transformer layers fixed (0: none), which shortens the
     backward pass on a CPU.
+
+    The paper's model (issue 11): ``head`` may switch on the double attention (``{"attention": "double"}``,
+    :class:`~xner_lib.model.HeadConfig`); ``adversarial`` (:class:`~xner_lib.objectives.AdversarialConfig`,
+    eqs 4-7 inside training) and ``transfer`` (:class:`~xner_lib.objectives.TransferConfig`, the
+    reverse-attention transfer) are off when empty. A variant is a block of these settings in a profile.
     """
 
     encoder: str = "bert-base-multilingual-cased"
@@ -89,6 +87,8 @@ class TrainConfig:
     seed: int = 1
     threads: int | None = None
     head: dict[str, Any] = field(default_factory=dict)
+    adversarial: dict[str, Any] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
@@ -98,8 +98,35 @@ class TrainConfig:
         if unknown:
             raise ConfigError([f"unknown key '{k}' in TrainConfig.head: HeadConfig has no such settable field; "
                                f"{did_you_mean(k, head_fields)}" for k in unknown])
+        self.adversarial_config  # noqa: B018 (validates the section)
+        self.transfer_config  # noqa: B018
+        if self.transfer and "teacher_dim" in self.head:
+            raise ValueError("head.teacher_dim comes from the teacher; do not set it with transfer")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be a positive number of evaluations or None, got {self.patience}")
+
+
+    @property
+    def adversarial_config(self) -> AdversarialConfig | None:
+        """The ``adversarial`` section as :class:`~xner_lib.objectives.AdversarialConfig` (None: off)."""
+        return parse_section(AdversarialConfig, self.adversarial, "TrainConfig.adversarial")
+
+    @property
+    def transfer_config(self) -> TransferConfig | None:
+        """The ``transfer`` section as :class:`~xner_lib.objectives.TransferConfig` (None: off)."""
+        return parse_section(TransferConfig, self.transfer, "TrainConfig.transfer")
+
+
+#: Fields added to :class:`TrainConfig` after method version 2, with the value that reproduces the code before
+#: them. A run key leaves such a field out while it holds that value (:func:`key_config`), so adding a field
+#: does not orphan the runs made before it; any other value is part of the key.
+KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}}
+
+
+def key_config(cfg: TrainConfig) -> dict[str, Any]:
+    """``asdict(cfg)`` without the :data:`KEY_NEUTRAL` fields that hold their neutral value: the training
+    config's part of a run key."""
+    return {k: v for k, v in asdict(cfg).items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
 
 
 def set_seed(seed: int) -> None:
@@ -107,242 +134,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """How a tagger reads new text: the Chinese unit scheme (:mod:`~xner_lib.units`) and the decoding
-    (:class:`~xner_lib.decoding.DecodeConfig`). A checkpoint records those of the run that saved it under
-    ``scoring`` in ``config.json``; the defaults (``char`` units, ``DecodeConfig()``) serve when it does not."""
-
-    zh_units: str = "char"
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-
-    def __post_init__(self) -> None:
-        if self.zh_units not in ZH_UNITS:
-            raise ValueError(f"zh_units must be one of {ZH_UNITS}, got {self.zh_units!r}")
-
-    @classmethod
-    def from_scoring(cls, scoring: Mapping[str, Any] | None, where: str = "config.json") -> InferenceSettings:
-        """The settings recorded under a checkpoint's ``scoring`` key (``where`` names the file in errors)."""
-        scoring = scoring or {}
-        decode = dict(scoring.get("decode") or {})
-        known = {f.name for f in fields(DecodeConfig)}
-        unknown = sorted(set(decode) - known)
-        if unknown:
-            raise ValueError(f"{where}: scoring.decode has unknown keys {unknown}; DecodeConfig has {sorted(known)}")
-        try:
-            return cls(str(scoring.get("zh_units") or "char"), DecodeConfig(**decode))
-        except ValueError as err:
-            raise ValueError(f"{where}: scoring: {err}") from None
-
-
-class Tagger(nn.Module):
-    """Encoder + BiLSTM-CRF head. ``encoder`` is None in frozen mode, where features are given.
-
-    ``text_encoder`` reads new text (:meth:`tag`, :meth:`predict_dataset`): the fine-tuned encoder, or in
-    frozen mode the frozen one (:meth:`from_pretrained` sets it). ``inference``: the unit scheme and decoding
-    used there."""
-
-    def __init__(self, head: BiLstmCrfHead, encoder: Encoder | None = None, *, text_encoder: Encoder | None = None,
-                 inference: InferenceSettings | None = None) -> None:
-        super().__init__()
-        self.head = head
-        self.encoder_model = encoder.model if encoder is not None else None
-        self._encoder = encoder
-        self.text_encoder = text_encoder if text_encoder is not None else encoder
-        self.inference = inference or InferenceSettings()
-
-    @property
-    def encoder(self) -> Encoder | None:
-        return self._encoder
-
-    def features(self, batch: Sequence[EncodedSentence], cached: Sequence[Tensor] | None = None
-                 ) -> tuple[Tensor, Tensor]:
-        """Unit vectors [B,U,H] and mask [B,U]: through the encoder, or padded from ``cached``."""
-        if cached is not None:
-            return pad_features(cached)
-        if self._encoder is None:
-            raise ValueError("a frozen tagger needs cached features")
-        return unit_vectors(self._encoder, batch)
-
-    # --- inference on new text -------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
-                        ) -> Tagger:
-        """Load a checkpoint written by :func:`save_checkpoint` (:func:`load_checkpoint`), ready to tag text:
-        eval mode, its text encoder, and the unit scheme and decoding recorded under ``scoring`` in its
-        ``config.json`` (:class:`InferenceSettings`). Raises ``FileNotFoundError`` or ``ValueError`` naming
-        the directory or file when it is not a readable checkpoint."""
-        directory = Path(directory)
-        meta_path = directory / "config.json"
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such model directory")
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory}: not a saved model (no config.json); a run keeps its model "
-                                    "when its profile sets save_checkpoints: true")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        missing = [k for k in ("train", "head", "finetuned") if k not in meta] if isinstance(meta, dict) else ["{}"]
-        if missing:
-            raise ValueError(f"{meta_path}: not a checkpoint's config (missing {', '.join(missing)})")
-        if not (directory / "head.safetensors").is_file():
-            raise FileNotFoundError(f"{directory / 'head.safetensors'}: missing (an incomplete checkpoint)")
-        settings = InferenceSettings.from_scoring(meta.get("scoring"), str(meta_path))
-        tagger, encoder, _ = load_checkpoint(directory, cache_dir)
-        tagger.text_encoder = encoder
-        tagger.inference = settings
-        return tagger
-
-    def predict_dataset(self, dataset: Dataset, batch_size: int = 64, progress: bool = False) -> list[list[str]]:
-        """Token-level IOB2 predictions for every sentence of ``dataset`` (any format), decoded as the
-        experiments decode that format (:func:`prepare`, :func:`predict` with ``self.inference``). A frozen
-        tagger's features are computed here, not written to the feature cache."""
-        reader = self.text_encoder
-        if reader is None:
-            raise ValueError("this frozen tagger has no text encoder: load it with Tagger.from_pretrained "
-                             "or set tagger.text_encoder")
-        data = prepare(dataset, reader, frozen=False, zh_units=self.inference.zh_units)
-        if self._encoder is None:
-            data.cached = extract_unit_features(reader, data.encoded)
-        return predict(self, data, batch_size, progress=progress, decode=self.inference.decode)
-
-    def tag_tokens(self, texts: Sequence[str], language: str | None = None, batch_size: int = 64
-                   ) -> list[TaggedText]:
-        """Split each text (:func:`~xner_lib.inference.split_text`), tag its tokens, one IOB2 tag per token.
-        ``language``: ``en``, ``zh``, or None to detect it per text (``zh`` when a CJK character is present,
-        :func:`~xner_lib.inference.detect_language`). A text without tokens (empty, whitespace) gets none."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not one string: tag([text])")
-        if language is not None and language not in LANGUAGES:
-            raise ValueError(f"language must be one of {LANGUAGES} or None, got {language!r}")
-        split = [split_text(t) for t in texts]
-        langs = [language or detect_language(t) for t in texts]
-        tags: list[list[str]] = [[] for _ in texts]
-        for lang in LANGUAGES:
-            idx = [i for i, (toks, _) in enumerate(split) if toks and langs[i] == lang]
-            if idx:
-                ds = text_dataset([split[i][0] for i in idx], lang, lines=[i + 1 for i in idx])
-                for i, pred in zip(idx, self.predict_dataset(ds, batch_size), strict=True):
-                    tags[i] = pred
-        return [TaggedText(t, lang, toks, offs, tg)
-                for t, lang, (toks, offs), tg in zip(texts, langs, split, tags, strict=True)]
-
-    def tag(self, texts: Sequence[str], language: str | None = None, batch_size: int = 64
-            ) -> list[list[dict[str, Any]]]:
-        """For each text, its entities as ``{"type", "start", "end", "text"}`` with character offsets into
-        the text (``text[start:end]`` is the entity's text); see :meth:`tag_tokens`."""
-        return [t.entities() for t in self.tag_tokens(texts, language, batch_size)]
-
-
-def pad_features(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Stack per-sentence [U_i, H] tensors into [B, U, H] (float32, zero padded) and a contiguous mask."""
-    lengths = torch.tensor([f.shape[0] for f in feats])
-    out = torch.zeros(len(feats), int(lengths.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        out[i, : f.shape[0]] = f.float()
-    mask = torch.arange(out.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
-    return out, mask
-
-
-def label_ids(encoded: Sequence[EncodedSentence], tags: Sequence[Sequence[str]], labels: Sequence[str], *,
-              counts: Counter | None = None) -> list[list[int]]:
-    """Unit label ids (:func:`~xner_lib.units.unit_tags`, whose entity counts go to ``counts``). An entity
-    type the label map lacks (MISC when ``misc_class`` is off) becomes O, counted as ``as_o:<type>``
-    entities; any other unknown tag is an error naming the sentence."""
-    index = {t: i for i, t in enumerate(labels)}
-    known_types = {t[2:] for t in labels if t != "O"}
-    counts = counts if counts is not None else UnitTagCounts()
-    out = []
-    for k, (enc, t) in enumerate(zip(encoded, tags, strict=True)):
-        ut = unit_tags(t, enc.unit_spans, counts)
-        for x in ut:
-            if x.startswith("B-") and x[2:] not in known_types and x[2:] in MODEL_TYPES:
-                counts[f"as_o:{x[2:]}"] += 1
-        ut = ["O" if x != "O" and x[2:] not in known_types and x[2:] in MODEL_TYPES else x for x in ut]
-        unknown = sorted(set(ut) - set(index))
-        if unknown:
-            raise ValueError(f"sentence {k}: tags {unknown} are not in the model's labels {list(labels)}")
-        out.append([index[x] for x in ut])
-    return out
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 50) -> list[list[int]]:
-    """Shuffled batches of similar-length sentences: shuffle, sort within pools of ``pool`` batches,
-    cut into batches, shuffle the batches. Every index appears exactly once."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches: list[list[int]] = []
-    span = batch_size * pool
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start:start + span], key=lambda i: lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-@dataclass
-class Prepared:
-    """A dataset encoded into units once: encodings, link tokens (:mod:`~xner_lib.data.links`), and frozen
-    features when the tagger is frozen. ``zh_units``: the Chinese unit scheme (:mod:`~xner_lib.units`)."""
-
-    dataset: Dataset
-    encoded: list[EncodedSentence]
-    cached: list[Tensor] | None = None
-    links: list[list[bool]] | None = None
-    zh_units: str = "token"
-
-
-def prepare(dataset: Dataset, encoder: Encoder, *, frozen: bool, cache_dir: str | os.PathLike[str] | None = None,
-            zh_units: str = "token") -> Prepared:
-    """Encode ``dataset`` into units, find its link tokens (and, frozen, read or compute its cached features)."""
-    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units=zh_units)
-    cached = cached_unit_features(encoder, dataset, cache_dir=cache_dir, zh_units=zh_units) if frozen else None
-    links = [link_mask(s.tokens, dataset.language) for s in dataset.sentences]
-    return Prepared(dataset, encoded, cached, links, zh_units)
-
-
-@torch.no_grad()
-def predict_many(tagger: Tagger, data: Prepared, decodes: Mapping[str, DecodeConfig], batch_size: int = 64,
-                 progress: bool = True) -> dict[str, list[list[str]]]:
-    """Token-level IOB2 predictions of every sentence of ``data`` under each named decoding
-    (:class:`~xner_lib.decoding.DecodeConfig`): the encoder and emissions run once, Viterbi once per
-    decoding. Unit tags are spread BIO-aware over the tokens each unit covers: one prediction per gold
-    token, in order."""
-    was = tagger.training
-    tagger.eval()
-    order = sorted(range(len(data.encoded)), key=lambda i: len(data.encoded[i].input_ids))
-    out: dict[str, list[list[str] | None]] = {name: [None] * len(order) for name in decodes}
-    labels = tagger.head.config.labels
-    bar = progress_bar(total=len(order), desc=f"predict {data.dataset.name}/{data.dataset.split}", unit="sent",
-                       disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        cached = [data.cached[i] for i in idx] if data.cached is not None else None
-        feats, mask = tagger.features([data.encoded[i] for i in idx], cached)
-        emissions = tagger.head.emissions(feats, mask)
-        spans = [data.encoded[i].unit_spans for i in idx]
-        links = [data.links[i] for i in idx] if data.links is not None else None
-        for name, config in decodes.items():
-            allowed = allowed_matrix(labels, data.dataset.format, config, spans, links, emissions.shape[1])
-            for i, seq in zip(idx, tagger.head.crf_decode(emissions, mask, allowed=allowed), strict=True):
-                out[name][i] = spread_tags([labels[k] for k in seq], data.encoded[i].unit_spans)
-        bar.update(len(idx))
-    bar.close()
-    tagger.train(was)
-    for preds in out.values():
-        for i, (pred, sent) in enumerate(zip(preds, data.dataset.sentences, strict=True)):
-            assert pred is not None and len(pred) == len(sent), f"sentence {i}: prediction does not cover the tokens"
-    return out  # type: ignore[return-value]
-
-
-def predict(tagger: Tagger, data: Prepared, batch_size: int = 64, progress: bool = True,
-            decode: DecodeConfig | None = None) -> list[list[str]]:
-    """Token-level IOB2 predictions of every sentence of ``data`` under one decoding (default:
-    :class:`~xner_lib.decoding.DecodeConfig`'s defaults), see :func:`predict_many`."""
-    return predict_many(tagger, data, {"_": decode or DecodeConfig()}, batch_size, progress)["_"]
 
 
 @dataclass
@@ -369,26 +160,6 @@ def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
     return MODEL_LABELS if cfg.misc_class else tuple(x for x in MODEL_LABELS if not x.endswith("-MISC"))
 
 
-def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The transformer layers of a BERT-like encoder (BERT, XLM-R, e5: ``model.encoder.layer``)."""
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(model).__name__}: no encoder.layer list to freeze layers of")
-    return layers
-
-
-def build_tagger(cfg: TrainConfig, encoder: Encoder) -> Tagger:
-    head = BiLstmCrfHead(HeadConfig(input_dim=encoder.hidden_size, **{**cfg.head, "labels": model_labels(cfg)}))
-    if cfg.finetune and cfg.freeze_embeddings:
-        encoder.model.get_input_embeddings().weight.requires_grad_(False)
-    if cfg.finetune and cfg.freeze_layers:
-        layers = encoder_layers(encoder.model)
-        if cfg.freeze_layers > len(layers):
-            raise ValueError(f"freeze_layers={cfg.freeze_layers} but {encoder.name} has {len(layers)} layers")
-        for layer in layers[:cfg.freeze_layers]:
-            layer.requires_grad_(False)
-    return Tagger(head, encoder if cfg.finetune else None)
-
 
 def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
     groups = [{"params": list(tagger.head.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0}]
@@ -400,6 +171,9 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
         groups += [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
                    {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0}]
+    adv = cfg.adversarial_config
+    if tagger.mapping is not None and adv is not None:
+        groups.append({"params": list(tagger.mapping.parameters()), "lr": adv.map_lr, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups)
     warmup = int(cfg.warmup_ratio * total_steps)
 
@@ -411,11 +185,33 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _cycle(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Length-bucketed batches of a secondary stream, reshuffled each time it is exhausted."""
+    while True:
+        yield from length_batches(lengths, batch_size, rng)
+
+
+def _labels(tagger: Tagger, data: Prepared, ids: Sequence[Sequence[int]], batch: Sequence[int],
+            shape: torch.Size) -> Tensor:
+    y = torch.zeros(shape, dtype=torch.long)
+    for r, i in enumerate(batch):
+        y[r, : len(ids[i])] = torch.tensor(ids[i])
+    return y
+
+
 def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Prepared, *,
           progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
-          snapshot_epoch: float | None = None) -> TrainResult:
+          snapshot_epoch: float | None = None, rendered: Prepared | None = None, target: Prepared | None = None,
+          teacher: Teacher | None = None, mapping: Tensor | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
-    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood, eq. 11.
+    ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood (eq. 11) plus the named losses the
+    config switches on (module docstring).
+
+    The paper's model takes more inputs: with ``cfg.transfer``, the ``teacher`` (its features already in
+    ``train_data.teacher``, ``dev_data.teacher`` and ``rendered.teacher``) and, when ``rendered_weight > 0``,
+    ``rendered``: the Chinese renderings of CoNLL train with projected labels; with ``cfg.adversarial``,
+    ``target``: unlabelled Chinese sentences (their tags are never read) and ``mapping``: the initial ``U``
+    (None: the identity).
 
     CoNLL dev is evaluated at steps ``round(k * steps_per_epoch / evals_per_epoch)`` (so epoch boundaries are
     evaluation points) and at the last step. A run trained without some CoNLL type (``misc_class=False``) is
@@ -425,25 +221,58 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     the run stopped at that epoch (the best evaluation up to it; the first evaluation when none comes before
     it), so the same run can be scored as if it had stopped there (its learning rate still follows the full
     schedule)."""
+    adv, tra = cfg.adversarial_config, cfg.transfer_config
+    if (adv is None) != (target is None):
+        raise ValueError("unlabelled Chinese batches (target) go with the adversarial section, and only with it")
+    if (tra is None) != (teacher is None):
+        raise ValueError("a teacher goes with the transfer section, and only with it")
+    if tra is not None:
+        missing = [n for n, d in (("train_data", train_data), ("dev_data", dev_data)) if d.teacher is None]
+        if (rendered is None) != (tra.rendered_weight == 0):
+            raise ValueError("rendered pairs are needed exactly when transfer.rendered_weight > 0")
+        if rendered is not None and rendered.teacher is None:
+            missing.append("rendered")
+        if missing:
+            raise ValueError(f"transfer: the teacher's features are missing from {', '.join(missing)}")
+    elif rendered is not None:
+        raise ValueError("rendered pairs go with the transfer section")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
-    tagger = build_tagger(cfg, encoder)
-    if cfg.finetune and train_data.cached is not None:
-        raise ValueError("fine-tuning needs encodings, not cached features")
-    if not cfg.finetune and train_data.cached is None:
-        raise ValueError("a frozen tagger trains on cached features: prepare(..., frozen=True)")
+    head_cfg = HeadConfig(input_dim=encoder.hidden_size, **{**cfg.head, "labels": model_labels(cfg),
+                                                            **({"teacher_dim": teacher.dim} if teacher else {})})
+    init_map = None
+    if adv is not None:
+        init_map = mapping if mapping is not None else torch.eye(encoder.hidden_size)
+    tagger = build_tagger(head_cfg, encoder, finetune=cfg.finetune, freeze_embeddings=cfg.freeze_embeddings,
+                          freeze_layers=cfg.freeze_layers, mapping=init_map)
+    tagger.teacher = teacher
+    adversary = Adversary(adv, encoder.hidden_size, cfg.seed) if adv is not None else None
+    for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target)):
+        if data is None:
+            continue
+        if cfg.finetune and data.cached is not None:
+            raise ValueError(f"fine-tuning needs encodings, not cached features ({name})")
+        if not cfg.finetune and data.cached is None:
+            raise ValueError(f"a frozen tagger trains on cached features: prepare(..., frozen=True) ({name})")
     labels = tagger.head.config.labels
     label_counts = UnitTagCounts()
     ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels, counts=label_counts)
+    rendered_ids = (label_ids(rendered.encoded, [s.tags for s in rendered.dataset.sentences], labels,
+                              counts=UnitTagCounts()) if rendered is not None else None)
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
+    rendered_batches = (_cycle([len(e.input_ids) for e in rendered.encoded], tra.rendered_batch_size,
+                               random.Random(f"{cfg.seed}-rendered")) if rendered is not None and tra else None)
+    target_batches = (_cycle([len(e.input_ids) for e in target.encoded], adv.batch_size,
+                             random.Random(f"{cfg.seed}-target")) if target is not None and adv else None)
     n_epochs = math.ceil(cfg.epochs)
     steps_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     total = int(round(cfg.epochs * steps_per_epoch))
     eval_steps = {min(total, round(k * steps_per_epoch / cfg.evals_per_epoch))
                   for k in range(1, math.ceil(total * cfg.evals_per_epoch / steps_per_epoch) + 1)} | {total}
     opt, sched = _optimizer(tagger, cfg, total)
+    trainable = [p for p in tagger.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
     dev_history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Tensor] | None] = (-1.0, 0, None)
@@ -460,37 +289,59 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         for batch in length_batches(lengths, cfg.batch_size, rng):
             if step >= total or stopped_early:
                 break
-            cached = [train_data.cached[i] for i in batch] if train_data.cached is not None else None
-            feats, mask = tagger.features([train_data.encoded[i] for i in batch], cached)
-            y = torch.zeros(mask.shape, dtype=torch.long)
-            for r, i in enumerate(batch):
-                y[r, : len(ids[i])] = torch.tensor(ids[i])
-            loss = tagger.head.loss(feats, mask, y)
+            feats, mask = tagger.features([train_data.encoded[i] for i in batch],
+                                          [train_data.cached[i] for i in batch] if train_data.cached is not None
+                                          else None, train_data.dataset.language)
+            y = _labels(tagger, train_data, ids, batch, mask.shape)
+            loss = tagger.head.loss(feats, mask, y, teacher=train_data.batch_teacher(batch))
+            row: dict[str, float] = {}
+            if rendered_batches is not None and tra is not None and step % tra.every == 0:
+                assert rendered is not None and rendered_ids is not None
+                rb = next(rendered_batches)
+                rf, rm = tagger.features([rendered.encoded[i] for i in rb], [rendered.cached[i] for i in rb]
+                                         if rendered.cached is not None else None, rendered.dataset.language)
+                r_loss = tagger.head.loss(rf, rm, _labels(tagger, rendered, rendered_ids, rb, rm.shape),
+                                          teacher=rendered.batch_teacher(rb))
+                row["loss_rendered"] = float(r_loss.detach())
+                loss = loss + tra.rendered_weight * r_loss
+            if target_batches is not None and adversary is not None and adv is not None and step % adv.every == 0:
+                assert target is not None
+                tb = next(target_batches)
+                tf, tm = tagger.features([target.encoded[i] for i in tb], [target.cached[i] for i in tb]
+                                         if target.cached is not None else None, target.dataset.language)
+                x, is_target = sample_units(feats, mask, tf, tm, adv.tokens, adversary.generator)
+                row.update(adversary.discriminator_step(x, is_target))
+                g_loss = adversary.generator_loss(x, is_target)
+                row["loss_adversarial"] = float(g_loss.detach())
+                loss = loss + adv.weight * g_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in tagger.parameters() if p.requires_grad], cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             opt.step()
             sched.step()
+            if tagger.mapping is not None and adv is not None:
+                orthogonalize_(tagger.mapping.U, adv.map_beta)
             step += 1
             loss_value = float(loss.detach())
             history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
-                            "seconds": time.perf_counter() - start})
+                            "seconds": time.perf_counter() - start, **row})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if step in eval_steps:
                 t0 = time.perf_counter()
                 dev = score(gold_dev, predict(tagger, dev_data, cfg.eval_batch_size, progress=False))
-                row = {"step": step, "epoch": step / steps_per_epoch, "dev_f1": dev["strict"]["f1"],
-                       "dev_f1_conlleval": dev["conlleval"]["f1"], "eval_seconds": time.perf_counter() - t0}
-                dev_history.append(row)
+                evaluation = {"step": step, "epoch": step / steps_per_epoch, "dev_f1": dev["strict"]["f1"],
+                              "dev_f1_conlleval": dev["conlleval"]["f1"], "eval_seconds": time.perf_counter() - t0}
+                dev_history.append(evaluation)
                 if on_eval:
-                    on_eval(row)
-                if snapshot_epoch is not None and snapshot is None and row["epoch"] > snapshot_epoch + 1e-9:
+                    on_eval(evaluation)
+                if snapshot_epoch is not None and snapshot is None and evaluation["epoch"] > snapshot_epoch + 1e-9:
                     # the best up to snapshot_epoch (best[2] is never mutated), or this first evaluation
                     snapshot = (best[1], best[2]) if best[2] is not None else (
                         step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
-                if row["dev_f1"] > best[0]:
-                    best = (row["dev_f1"], step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+                if evaluation["dev_f1"] > best[0]:
+                    best = (evaluation["dev_f1"], step,
+                            {k: v.detach().clone() for k, v in tagger.state_dict().items()})
                     since_best = 0
                 else:
                     since_best += 1
@@ -503,46 +354,3 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     tagger.eval()
     return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
                        stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot)
-
-
-# --- checkpoints -------------------------------------------------------------------------------------
-
-def save_checkpoint(result_or_tagger: TrainResult | Tagger, directory: str | os.PathLike[str], cfg: TrainConfig,
-                    *, run_key: str | None = None, scoring: Mapping[str, Any] | None = None) -> Path:
-    """Write ``directory`` (atomically: built beside it, then renamed) with ``config.json`` (train and head
-    configs, the label map, the encoder's name, and ``run_key``: the key of the run that made it, see
-    :func:`~xner_lib.experiment.run_or_load`; ``scoring``: how its numbers were scored, e.g. the Chinese
-    unit scheme and the decoding), ``head.safetensors`` and, fine-tuned, ``encoder/`` (the HF
-    model and tokenizer)."""
-    tagger = result_or_tagger.tagger if isinstance(result_or_tagger, TrainResult) else result_or_tagger
-    encoder = tagger.encoder
-    directory = Path(directory)
-    meta = {"train": asdict(cfg), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
-            "encoder": cfg.encoder, "finetuned": encoder is not None, "run_key": run_key,
-            "scoring": dict(scoring or {})}
-    with atomic_dir(directory) as tmp:
-        if encoder is not None:
-            encoder.model.save_pretrained(tmp / "encoder")
-            encoder.tokenizer.save_pretrained(tmp / "encoder")
-            meta["encoder_max_length"] = encoder.max_length
-        save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    return directory
-
-
-def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
-                    ) -> tuple[Tagger, Encoder, TrainConfig]:
-    """Load a checkpoint written by :func:`save_checkpoint`: the tagger (eval mode), the encoder it reads
-    (the saved fine-tuned one, or the named frozen one) and its training config."""
-    directory = Path(directory)
-    meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    cfg = TrainConfig(**meta["train"])
-    if meta["finetuned"]:
-        encoder = load_encoder(directory / "encoder", cache_dir, max_length=meta.get("encoder_max_length"))
-    else:
-        encoder = load_encoder(cfg.encoder, cache_dir)
-    head = BiLstmCrfHead(HeadConfig(**meta["head"]))
-    head.load_state_dict(load_file(str(directory / "head.safetensors")))
-    tagger = Tagger(head, encoder if meta["finetuned"] else None)
-    tagger.eval()
-    return tagger, encoder, cfg

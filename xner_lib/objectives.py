@@ -1,0 +1,153 @@
+"""Named training losses beyond the CRF's: the word-level adversarial alignment inside NER training
+(paper section 3.3, eqs 4-7) and the rendered-pairs loss of the reverse-attention transfer (section 3.2).
+
+The training loop (:mod:`~xner_lib.train`) sums named losses with weights from the config:
+
+* ``ner``: the CRF negative log-likelihood on English CoNLL batches, ``L_ner = -log p(y|X)`` (eq. 11);
+* ``rendered``: the same loss on the word-by-word Chinese renderings of CoNLL sentences, read with the
+  teacher's features of the original English (:class:`TransferConfig`, DESIGN.md Model 5);
+* ``adversarial``: the generator loss of eqs 6-7 on flipped, smoothed labels, weight ``lambda``
+  (:class:`AdversarialConfig`): English unit vectors mapped by ``U`` (eq. 2) against Chinese unit vectors
+  of an unlabelled batch; its gradient reaches ``U`` and, fine-tuned, the encoder.
+
+The discriminator ``D`` (eqs 4-5) is trained by its own optimizer in :class:`Adversary`, never by the
+summed loss. The equations themselves live in :mod:`~xner_lib.aligner` (one place for eqs 2-7), shared
+with the static-vector aligner of notebook 02.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .aligner import AlignConfig, Discriminator, discriminator_loss, mapping_loss
+from .config import ConfigError, did_you_mean
+
+#: where the initial ``U`` can come from (``AdversarialConfig.map_init``)
+MAP_INITS: tuple[str, ...] = ("identity", "alignment")
+
+
+@dataclass
+class AdversarialConfig:
+    """The adversarial loss inside NER training (section 3.3; ``TrainConfig.adversarial``).
+
+    ``weight`` is ``lambda``, the generator loss's weight beside the CRF loss. ``map_init``: ``U`` starts
+    from the identity (the paper's eq. 2 start) or from notebook 02's map (``alignment``). ``U`` trains in
+    its own optimizer group (AdamW, ``map_lr``, no weight decay) and after every step is pulled back to
+    orthogonal (``map_beta``, MUSE). Each step (every ``every``-th) takes ``batch_size`` unlabelled Chinese
+    sentences; ``tokens`` units per language are sampled from the two batches for ``D``. ``D`` is MUSE's MLP
+    (``dis_*``, eqs 4-5, SGD at ``dis_lr``, ``dis_steps`` steps per training step, label smoothing
+    ``dis_smooth``)."""
+
+    weight: float = 0.1
+    map_init: str = "identity"
+    map_lr: float = 1e-3
+    map_beta: float = 0.001
+    batch_size: int = 8
+    every: int = 1
+    tokens: int = 256
+    dis_hidden: int = 512
+    dis_layers: int = 2
+    dis_input_dropout: float = 0.1
+    dis_dropout: float = 0.0
+    dis_lr: float = 0.1
+    dis_steps: int = 1
+    dis_smooth: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.map_init not in MAP_INITS:
+            raise ValueError(f"adversarial.map_init must be one of {MAP_INITS}, got {self.map_init!r}")
+        if self.weight < 0 or self.batch_size < 1 or self.every < 1 or self.tokens < 1 or self.dis_steps < 1:
+            raise ValueError(f"adversarial: weight >= 0, batch_size, every, tokens and dis_steps >= 1 required: {self}")
+
+    def align_config(self) -> AlignConfig:
+        """The discriminator's settings in the aligner's terms (:class:`~xner_lib.aligner.AlignConfig`)."""
+        return AlignConfig(dis_hidden=self.dis_hidden, dis_layers=self.dis_layers,
+                           dis_input_dropout=self.dis_input_dropout, dis_dropout=self.dis_dropout,
+                           dis_lr=self.dis_lr, dis_smooth=self.dis_smooth, map_beta=self.map_beta)
+
+
+@dataclass
+class TransferConfig:
+    """The reverse-attention transfer (section 3.2; ``TrainConfig.transfer``; DESIGN.md Model 5).
+
+    ``teacher``: the variant whose same-seed run is the frozen English teacher. ``lexicon``: ``alignment``
+    (notebook 02's ``results/<profile>/alignment/lexicon.tsv``) or a path to a ``english<TAB>chinese<TAB>
+    cosine`` file. ``rendered_weight``: the weight of the CRF loss on the Chinese renderings of CoNLL
+    sentences (0: no rendered stream), ``rendered_batch_size`` sentences every ``every``-th step."""
+
+    teacher: str = "baseline"
+    lexicon: str = "alignment"
+    rendered_weight: float = 1.0
+    rendered_batch_size: int = 16
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rendered_weight < 0 or self.rendered_batch_size < 1 or self.every < 1:
+            raise ValueError(f"transfer: rendered_weight >= 0, rendered_batch_size and every >= 1 required: {self}")
+
+
+def parse_section(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    """A config section (``TrainConfig.adversarial``, ``.transfer``) as its dataclass; None when empty
+    (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError` with a suggestion."""
+    if not values:
+        return None
+    known = {f.name for f in fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ConfigError([f"unknown key '{k}' in {where}: {cls.__name__} has no such field; "
+                           f"{did_you_mean(k, known)}" for k in unknown])
+    return cls(**values)
+
+
+def sample_units(source: Tensor, source_mask: Tensor, target: Tensor, target_mask: Tensor, n: int,
+                 generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A discriminator batch of eq. 4: up to ``n`` real units drawn (without replacement) from the mapped
+    English ``source [B,U,H]`` and as many from the Chinese ``target [B',U',H]`` (masks ``[B,U]``, ``[B',U']``).
+    Returns ``(x [n_s + n_t, H], is_target [n_s + n_t])``, English rows first; differentiable in both."""
+    src = source[source_mask.bool()]
+    tgt = target[target_mask.bool()]
+    k = min(n, src.shape[0], tgt.shape[0])
+    src = src[torch.randperm(src.shape[0], generator=generator)[:k]]
+    tgt = tgt[torch.randperm(tgt.shape[0], generator=generator)[:k]]
+    is_target = torch.cat([torch.zeros(k, dtype=torch.bool), torch.ones(k, dtype=torch.bool)])
+    return torch.cat([src, tgt]), is_target
+
+
+class Adversary:
+    """The word discriminator ``D`` of eqs 4-5 with its own SGD optimizer, and the generator loss of eqs
+    6-7 it gives the tagger. ``dim``: the encoder's hidden size ``H`` (``D`` reads unit vectors)."""
+
+    def __init__(self, config: AdversarialConfig, dim: int, seed: int) -> None:
+        self.config = config
+        self.discriminator = Discriminator(dim, config.align_config())
+        self.optimizer = torch.optim.SGD(self.discriminator.parameters(), lr=config.dis_lr)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def discriminator_step(self, x: Tensor, is_target: Tensor) -> dict[str, float]:
+        """``dis_steps`` SGD steps of ``D`` on ``x`` (detached: the tagger is not touched), eqs 4-5. Returns
+        the last loss and ``D``'s accuracy on the batch before the steps (>0.5 means "Chinese")."""
+        x = x.detach()
+        self.discriminator.train().requires_grad_(True)
+        loss = torch.tensor(0.0)
+        accuracy = 0.0
+        for k in range(self.config.dis_steps):
+            preds = self.discriminator(x)
+            if k == 0:
+                accuracy = float(((preds > 0.5) == is_target).float().mean())
+            loss = discriminator_loss(preds, is_target, self.config.dis_smooth)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("discriminator loss is not finite")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return {"dis_loss": float(loss.detach()), "dis_accuracy": accuracy}
+
+    def generator_loss(self, x: Tensor, is_target: Tensor) -> Tensor:
+        """The generator loss of eqs 6-7 (flipped smoothed labels) on ``x``, ``D`` in eval mode; its gradient
+        goes to whatever made ``x`` (``U``, the encoder), never to ``D``."""
+        self.discriminator.eval().requires_grad_(False)
+        return mapping_loss(self.discriminator(x), is_target, self.config.dis_smooth)
