@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -63,12 +64,20 @@ def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path)
 
 @pytest.mark.slow
 def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: Path) -> None:
+    # 02 runs before 03 (run_all.sh): the transfer's lexicon is 02's; here the committed cpu one stands in
+    alignment = tmp_path / "results" / "smoke" / "alignment"
+    alignment.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
     res = _run("03_training.ipynb", tmp_path)
     t4 = pd.read_csv(res / "tables" / "table4.csv")
     assert {"model", "dataset", "f1_mean", "f1_std", "n_seeds", "paper_f1"} <= set(t4.columns)
     assert set(t4.dataset) >= {"WeiboNER test (NAM)", "People's Daily test"}
     metrics = sorted((res / "runs").glob("*/metrics.json"))
-    assert [m.parent.name for m in metrics] == ["baseline-seed1", "frozen-seed1", "no_misc_class-seed1"]
+    assert [m.parent.name for m in metrics] == ["adv_att-seed1", "adv_att_pos-seed1", "baseline-seed1", "frozen-seed1",
+                                                "no_misc_class-seed1"]
+    paired = pd.read_csv(res / "tables" / "table4_paired.csv")
+    assert paired.change.tolist()[0] == "reference" and len(paired) == 3
+    assert set(t4.model.str.contains("Word-adv")) == {True, False}
     assert (res / "figures" / "training_curves.png").is_file()
     changes = pd.read_csv(res / "tables" / "baseline_changes.csv")
     assert changes.change.tolist() == ["reference", "MISC allowed on Chinese", "links not decoded as O", "neither",

@@ -145,6 +145,14 @@ def orthogonalize_(U: Tensor, beta: float) -> None:
         U.copy_((1 + beta) * U - beta * U @ (U.T @ U))
 
 
+@torch.no_grad()
+def project_orthogonal_(U: Tensor) -> None:
+    """Snap ``U`` in place to the nearest orthogonal matrix (eq. 3's SVD constraint): ``U = A B^T``,
+    ``A S B^T = SVD(U)``."""
+    A, _, Bt = torch.linalg.svd(U.double())
+    U.copy_((A @ Bt).to(U))
+
+
 class OrthogonalMapping(nn.Module):
     """The linear map of eq. 2, ``V~_s = V_s U``, with ``U`` (d, d) initialised to the identity."""
 
@@ -312,11 +320,9 @@ class AdversarialAligner:
         """Pull ``U`` towards the orthogonal manifold (:func:`orthogonalize_`, ``b = config.map_beta``)."""
         orthogonalize_(self.mapping.U, self.config.map_beta)
 
-    @torch.no_grad()
     def project_orthogonal(self) -> None:
-        """Snap ``U`` to the nearest orthogonal matrix (eq. 3's SVD constraint): ``U = A B^T``, ``A S B^T = SVD(U)``."""
-        A, _, Bt = torch.linalg.svd(self.mapping.U.double())
-        self.mapping.U.copy_((A @ Bt).to(self.mapping.U))
+        """Snap ``U`` to the nearest orthogonal matrix (:func:`project_orthogonal_`, eq. 3)."""
+        project_orthogonal_(self.mapping.U)
 
     @torch.no_grad()
     def procrustes(self, lexicon: Tensor) -> None:

@@ -164,7 +164,7 @@ def store_identity(signature: str, identity: str, source: str, cache_dir: str | 
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load warnings and progress bars for the duration, then restore them."""
     from transformers.utils import logging as hf_logging
 
@@ -228,7 +228,7 @@ def _load_pretrained(name: str, source: str, *, local_only: bool, max_length: in
 
     signature = directory_signature(source) if Path(source).is_dir() else None
     identity = cached_identity(signature, cache_dir) if signature else None
-    with _quiet_transformers():
+    with quiet_transformers():
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
         kwargs = {"add_pooling_layer": False} if config.model_type in _NO_POOLER_TYPES else {}
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, use_fast=True)

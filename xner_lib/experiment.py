@@ -14,19 +14,24 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .batches import Prepared
-from .data import Dataset
+import numpy as np
+import torch
+from torch import Tensor
+
+from .batches import Prepared, prepare
+from .data import Dataset, Sentence
 from .data.links import count_links
 from .data.sources import sha256_cached
 from .decoding import DecodeConfig, entities_in_links
-from .encoders import Encoder
+from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
-from .tagger import Tagger, predict_many, save_checkpoint
+from .files import write_bytes_atomic
+from .tagger import Tagger, Teacher, load_checkpoint, predict_many, save_checkpoint
 from .train import TrainConfig, key_config, train
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,21 @@ class Corpora:
     alt_units: dict[str, Prepared] = field(default_factory=dict)
 
 
+@dataclass
+class Streams:
+    """What a run of the paper's model reads besides :class:`Corpora` (all None for the baseline): the frozen
+    ``teacher`` and the ``rendered`` CoNLL pairs of the transfer, the unlabelled Chinese ``target`` and the
+    initial ``mapping`` ``U`` of the adversarial loss. ``inputs`` joins the run key (:func:`run_key_parts`);
+    ``summary`` (coverage, sizes) goes to ``metrics.json``."""
+
+    teacher: Teacher | None = None
+    rendered: Prepared | None = None
+    target: Prepared | None = None
+    mapping: Tensor | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What of a dataset changes a run: the sha256 of its file (cached per path, size and modification time)
     and the number of sentences it holds (the sentence limit, ``max_sentences``, applied). A dataset not read
@@ -74,11 +94,14 @@ def encoder_key(encoder: Encoder) -> dict[str, Any]:
 
 
 def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora,
-                  evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  evaluation: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """Everything that changes the numbers of a run, as plain JSON values: :data:`METHOD_VERSION`, the
     variant, the whole :class:`~xner_lib.train.TrainConfig` (its ``head`` dict included), the encoder
     (:func:`encoder_key`), each set's data (:func:`data_identity`) and how the run is scored (``evaluation``:
-    decoding, unit schemes, snapshot). Package versions are not part of it
+    decoding, unit schemes, snapshot) and, for the paper's variants, what else they read (``inputs``: the
+    teacher's run key, the lexicon's and the initial map's checksums, the unlabelled Chinese sets; absent
+    when empty, so the baseline's key is what it was before those existed). Package versions are not part of it
     (:func:`run_or_load` warns about them instead). A code default that changes (e.g. a head size not set in
     the config) is covered by bumping :data:`METHOD_VERSION`."""
     parts = {
@@ -89,6 +112,8 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
         "data": {k: data_identity(getattr(corpora, k).dataset) for k in KEY_SETS},
         "evaluation": dict(evaluation or {}),
     }
+    if inputs:
+        parts["inputs"] = dict(inputs)
     return json.loads(json.dumps(parts, sort_keys=True, default=str))  # the form metrics.json reads back
 
 
@@ -196,7 +221,7 @@ def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
 def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], Encoder], corpora: Corpora,
                 runs_dir: Path, *, checkpoints_dir: Path | None = None, progress: bool = True, fresh: bool = False,
                 encoder: Encoder | None = None, decode: DecodeConfig | None = None,
-                snapshot_epoch: float | None = None) -> dict[str, Any]:
+                snapshot_epoch: float | None = None, streams: Streams | None = None) -> dict[str, Any]:
     """Train and evaluate one (variant, seed), or read back its ``metrics.json`` when its run key matches.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
@@ -207,6 +232,10 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     (:func:`run_key_parts`), the decoding variants (:func:`evaluate_tagger`) and, with ``snapshot_epoch``,
     the scores of the same run's weights at that epoch (variant ``epoch<snapshot_epoch>``, e.g. ``epoch1``:
     what stopping there gives).
+
+    ``streams``: what the paper's variants read besides the corpora (:class:`Streams`: the teacher, the
+    rendered pairs, the unlabelled Chinese, the initial map); its ``inputs`` join the run key. With a
+    teacher, ``corpora`` must already carry the teacher's features (:meth:`Experiment.corpora_for`).
 
     A cached run is read back only when its run key equals this one and, with ``checkpoints_dir``, a
     checkpoint of that same run key is there; otherwise it is rerun, and one log line (warning level)
@@ -224,7 +253,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     evaluation = {"decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units,
                   "alt_units": {k: v.zh_units for k, v in sorted(corpora.alt_units.items())},
                   "snapshot_epoch": snapshot_epoch}
-    parts = run_key_parts(variant, cfg, reference, corpora, evaluation)
+    streams = streams or Streams()
+    parts = run_key_parts(variant, cfg, reference, corpora, evaluation, streams.inputs)
     key = run_key(parts)
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -243,7 +273,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                              f"run is keyed by {reference.name!r} with identity {reference.identity[:16]} (the "
                              "encoder the corpora were prepared with): load the same encoder in both")
     result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress,
-                   snapshot_epoch=snapshot_epoch)
+                   snapshot_epoch=snapshot_epoch, rendered=streams.rendered, target=streams.target,
+                   teacher=streams.teacher, mapping=streams.mapping)
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
@@ -264,6 +295,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         "decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units, "variant_scores": variant_scores,
         "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
         "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
+        **({"streams": streams.summary} if streams.summary else {}),
     }
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)
@@ -282,3 +314,205 @@ def unk_counts(corpora: Corpora) -> dict[str, dict[str, int]]:
         }
     return out
 
+
+
+# --- the experiment driver: variants x seeds ------------------------------------------------------------
+
+#: the corpus files every run reads, by role
+SPLITS: dict[str, str] = {"conll_train": "conll2003/train.txt", "conll_dev": "conll2003/dev.txt",
+                          "conll_test": "conll2003/test.txt", "weibo_test": "weibo/test.txt",
+                          "peoples_daily_test": "peoples_daily/test.txt"}
+#: the unlabelled Chinese text of the adversarial loss (their tags are never read; never a test split)
+UNLABELLED_SETS: tuple[str, ...] = ("weibo/train.txt", "peoples_daily/dev.txt")
+#: the keys of :class:`~xner_lib.train.TrainConfig` whose dict values a variant block merges key by key
+MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer")
+
+
+def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] | str | None]
+                     ) -> dict[str, TrainConfig | str]:
+    """Each variant's :class:`~xner_lib.train.TrainConfig` from its block in a profile (``variants:``): the
+    block's fields over ``base``, the dict fields ``head``, ``adversarial`` and ``transfer`` merged key by
+    key. A block that is a string names another variant whose runs it shares (e.g. ``without_position:
+    adv_att``); it stays a string. Unknown fields raise :class:`~xner_lib.config.ConfigError`."""
+    from .config import ConfigError, did_you_mean
+
+    known = {f for f in asdict(base)}
+    out: dict[str, TrainConfig | str] = {}
+    problems: list[str] = []
+    for name, block in blocks.items():
+        if isinstance(block, str):
+            if block not in blocks or isinstance(blocks[block], str):
+                problems.append(f"variant '{name}': '{block}' is not a variant with its own block")
+            out[name] = block
+            continue
+        block = dict(block or {})
+        bad = [k for k in block if k not in known]
+        problems += [f"variant '{name}': unknown key '{k}'; {did_you_mean(k, known)}" for k in bad]
+        if bad:
+            continue
+        values = {k: ({**getattr(base, k), **(v or {})} if k in MERGED_FIELDS else v) for k, v in block.items()}
+        try:
+            out[name] = replace(base, **values)
+        except (ValueError, TypeError) as err:
+            problems.append(f"variant '{name}': {err}")
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
+    """The sentences of ``datasets`` with every tag replaced by ``O``: unlabelled Chinese text, so that no
+    label of it can reach training."""
+    sentences = [Sentence(list(s.tokens), ["O"] * len(s), list(s.lines), s.source)
+                 for d in datasets for s in d.sentences]
+    return Dataset(name, "train", "peoples_daily", Path("+".join(str(d.path) for d in datasets)), sentences)
+
+
+@dataclass
+class Experiment:
+    """Runs variants x seeds of one profile, resumable run by run (:func:`run_or_load` caches each).
+
+    ``data``: the :data:`SPLITS` read; ``encoder``: the encoder they are prepared with (``encoder_name``
+    loads a fresh copy for each fine-tuned run); ``out``: ``results/<profile>`` (runs, checkpoints, caches,
+    and notebook 02's ``alignment/`` lexicon and map). The baseline alone is scored under the other Chinese
+    unit scheme (``compare_units``) and at ``snapshot_epoch``. A variant that is some other variant's
+    teacher always keeps its checkpoint. ``unlabelled``: the Chinese text of the adversarial loss
+    (:data:`UNLABELLED_SETS`)."""
+
+    data: Mapping[str, Dataset]
+    encoder: Encoder
+    encoder_name: str
+    out: Path
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    zh_units: str = "char"
+    compare_units: bool = False
+    snapshot_epoch: float | None = None
+    save_checkpoints: bool = False
+    fresh: bool = False
+    unlabelled: Sequence[Dataset] = ()
+    progress: bool = True
+    _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+
+    # -- inputs, prepared once ------------------------------------------------------------------------
+    def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
+        k = (key, frozen, zh_units or self.zh_units)
+        if k not in self._prepared:
+            self._prepared[k] = prepare(dataset, self.encoder, frozen=frozen, zh_units=zh_units or self.zh_units)
+        return self._prepared[k]
+
+    def corpora(self, frozen: bool, alt_units: bool = False) -> Corpora:
+        """The prepared :data:`SPLITS` (and, with ``alt_units``, the Chinese tests under the other scheme)."""
+        other = {"char": "token", "token": "char"}[self.zh_units]
+        alt = ({k: self._prepare(k, self.data[k], frozen, other) for k in ("weibo_test", "peoples_daily_test")}
+               if alt_units else {})
+        return Corpora(**{k: self._prepare(k, self.data[k], frozen) for k in SPLITS}, alt_units=alt)
+
+    def lexicon_path(self, name: str) -> Path:
+        """``alignment``: notebook 02's lexicon of this profile; anything else: a path."""
+        return self.out / "alignment" / "lexicon.tsv" if name == "alignment" else Path(name)
+
+    def _teacher_features(self, teacher: Teacher, teacher_key: str, name: str, dataset: Dataset) -> list[Tensor]:
+        """The teacher's features of ``dataset``, cached on disk by the teacher's run key, the data and the
+        lexicon (fp16)."""
+        ident = {"teacher": teacher_key, "data": data_identity(dataset), "casing": len(teacher.casing),
+                 "lexicon": sha256_cached(teacher.lexicon_path) if teacher.lexicon_path else None}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        path = self.out / "cache" / "teacher" / f"{name}-{digest}.pt"
+        if path.is_file():
+            try:
+                feats = torch.load(path, weights_only=True)
+                if len(feats) == len(dataset):
+                    return [f.float() for f in feats]
+            except (RuntimeError, EOFError, ValueError):
+                logger.warning("%s: unreadable teacher features, recomputing", path)
+        feats = teacher.features(dataset)
+        write_bytes_atomic(path, lambda fh: torch.save([f.half() for f in feats], fh))
+        return feats
+
+    def streams(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str], frozen: bool
+                ) -> tuple[Corpora, Streams]:
+        """The corpora (with the teacher's features when the variant transfers) and :class:`Streams` of one
+        run; runs the teacher first when it is not cached."""
+        corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
+        streams = Streams()
+        tra, adv = cfg.transfer_config, cfg.adversarial_config
+        if tra is not None:
+            tcfg = variants.get(tra.teacher)
+            if not isinstance(tcfg, TrainConfig) or tcfg.transfer:
+                raise ValueError(f"variant '{name}': its teacher '{tra.teacher}' must be a variant with its own "
+                                 "block and no transfer")
+            tmetrics = self.run(tra.teacher, tcfg, cfg.seed, variants)
+            tdir = self.out / "checkpoints" / f"{tra.teacher}-seed{cfg.seed}"
+            ttagger, _, _ = load_checkpoint(tdir)
+            lexicon = self.lexicon_path(tra.lexicon)
+            if not lexicon.is_file():
+                raise FileNotFoundError(f"{lexicon}: no lexicon for the transfer (notebook 02 writes it)")
+            from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
+
+            casing = surface_forms([s.tokens for s in self.data["conll_train"].sentences])
+            teacher = Teacher(ttagger, lexicon, tdir, casing)
+            tkey = tmetrics["extra"]["run_key"]
+            with_teacher = {k: replace(getattr(corpora, k), teacher=self._teacher_features(
+                teacher, tkey, k, self.data[k])) for k in SPLITS}
+            corpora = Corpora(**with_teacher, alt_units={})
+            lex = Lexicon.from_tsv(lexicon)
+            coverage = {k: render_dataset_zh(self.data[k], lex, casing=casing)[1].as_dict()
+                        for k in ("weibo_test", "peoples_daily_test")}
+            rendered = None
+            if tra.rendered_weight > 0:
+                rds, cov = render_dataset_en(self.data["conll_train"], lex)
+                coverage["conll_train_rendered"] = cov.as_dict()
+                rendered = replace(self._prepare(f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen),
+                                   teacher=with_teacher["conll_train"].teacher)
+            streams.teacher, streams.rendered = teacher, rendered
+            streams.inputs.update({"teacher": tkey, "lexicon": sha256_cached(lexicon)})
+            streams.summary["coverage"] = coverage
+        if adv is not None:
+            if not self.unlabelled:
+                raise ValueError(f"variant '{name}': the adversarial loss needs unlabelled Chinese text")
+            streams.target = self._prepare("unlabelled", text_only(self.unlabelled), frozen)
+            streams.inputs["unlabelled"] = [data_identity(d) for d in self.unlabelled]
+            if adv.map_init == "alignment":
+                path = self.out / "alignment" / "mapping.npy"
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no map to start U from (notebook 02 writes it)")
+                streams.mapping = torch.from_numpy(np.load(path)).float()
+                streams.inputs["mapping"] = sha256_cached(path)
+            streams.summary["unlabelled_sentences"] = len(streams.target.encoded)
+        return corpora, streams
+
+    # -- runs ----------------------------------------------------------------------------------------------
+    def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str]
+            ) -> dict[str, Any]:
+        """One (variant, seed): read back or trained (:func:`run_or_load`)."""
+        cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
+        frozen = not cfg.finetune
+        corpora, streams = self.streams(name, cfg, variants, frozen)
+        teachers = {v.transfer_config.teacher for v in variants.values()
+                    if isinstance(v, TrainConfig) and v.transfer_config is not None}
+        keep = self.save_checkpoints or name in teachers
+        return run_or_load(name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
+                           checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
+                           fresh=self.fresh, encoder=self.encoder, decode=self.decode,
+                           snapshot_epoch=self.snapshot_epoch if name == "baseline" else None, streams=streams)
+
+    def run_all(self, variants: Mapping[str, TrainConfig | str], seeds: Sequence[int],
+                only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every (variant, seed) of ``only`` (default: all) variants, variant by variant, each read back when
+        cached. A variant that names another (a string) gets that variant's runs, relabelled, with
+        ``extra.same_as`` set. Prints one line per run."""
+        out: list[dict[str, Any]] = []
+        for name in (only if only is not None else list(variants)):
+            target = variants[name]
+            source = target if isinstance(target, str) else name
+            vcfg = variants[source]
+            assert isinstance(vcfg, TrainConfig)
+            for seed in seeds:
+                m = self.run(source, vcfg, seed, variants)
+                if source != name:
+                    m = {**m, "variant": name, "extra": {**m["extra"], "same_as": source}}
+                out.append(m)
+                f1 = {k: round(v[next(iter(v))]["strict"]["f1"], 4) for k, v in m["scores"].items()}
+                print(name, "seed", seed, f1, f"train {m['extra']['seconds']['train'] / 60:.1f} min, "
+                      f"{m['extra']['steps']} steps")
+        return out

@@ -36,16 +36,16 @@ class AdversarialConfig:
 
     ``weight`` is ``lambda``, the generator loss's weight beside the CRF loss. ``map_init``: ``U`` starts
     from the identity (the paper's eq. 2 start) or from notebook 02's map (``alignment``). ``U`` trains in
-    its own optimizer group (AdamW, ``map_lr``, no weight decay) and after every step is pulled back to
-    orthogonal (``map_beta``, MUSE). Each step (every ``every``-th) takes ``batch_size`` unlabelled Chinese
-    sentences; ``tokens`` units per language are sampled from the two batches for ``D``. ``D`` is MUSE's MLP
-    (``dis_*``, eqs 4-5, SGD at ``dis_lr``, ``dis_steps`` steps per training step, label smoothing
-    ``dis_smooth``)."""
+    its own optimizer group (AdamW, ``map_lr``, no weight decay) and after every step is snapped to the
+    nearest orthogonal matrix by SVD (eq. 3; MUSE's gentler ``(1+b)U - bUU^TU`` pull cannot hold U
+    orthogonal under Adam, whose steps move every entry by about the learning rate). Each step (every
+    ``every``-th) takes ``batch_size`` unlabelled Chinese sentences; ``tokens`` units per language are
+    sampled from the two batches for ``D``. ``D`` is MUSE's MLP (``dis_*``, eqs 4-5, SGD at ``dis_lr``,
+    ``dis_steps`` steps per training step, label smoothing ``dis_smooth``)."""
 
     weight: float = 0.1
     map_init: str = "identity"
     map_lr: float = 1e-3
-    map_beta: float = 0.001
     batch_size: int = 8
     every: int = 1
     tokens: int = 256
@@ -67,7 +67,7 @@ class AdversarialConfig:
         """The discriminator's settings in the aligner's terms (:class:`~xner_lib.aligner.AlignConfig`)."""
         return AlignConfig(dis_hidden=self.dis_hidden, dis_layers=self.dis_layers,
                            dis_input_dropout=self.dis_input_dropout, dis_dropout=self.dis_dropout,
-                           dis_lr=self.dis_lr, dis_smooth=self.dis_smooth, map_beta=self.map_beta)
+                           dis_lr=self.dis_lr, dis_smooth=self.dis_smooth)
 
 
 @dataclass

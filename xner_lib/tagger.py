@@ -37,7 +37,7 @@ from .aligner import OrthogonalMapping
 from .batches import Prepared, pad_features, prepare
 from .data import Dataset
 from .decoding import DecodeConfig, allowed_matrix
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, load_encoder, quiet_transformers
 from .features import extract_unit_features, unit_vectors
 from .files import atomic_dir
 from .inference import LANGUAGES, TaggedText, detect_language, split_text, text_dataset
@@ -246,10 +246,12 @@ class Teacher:
     and emission scores, ``[W, 2*lstm_hidden + L]`` (:func:`teacher_features`): an English sentence is read
     as it is, a Chinese one through its rendering. Not an ``nn.Module``: its weights never train and never
     enter the student's parameters or state dict. ``directory``: the checkpoint it was loaded from (a
-    saved student keeps a copy)."""
+    saved student keeps a copy). ``casing``: lowercase English word -> its usual surface form
+    (:func:`~xner_lib.rendering.surface_forms` of CoNLL train), so a rendering reads ``Beijing``, not the
+    lexicon's ``beijing``, to a cased teacher."""
 
     def __init__(self, tagger: Tagger, lexicon_path: str | os.PathLike[str] | None,
-                 directory: str | os.PathLike[str] | None = None) -> None:
+                 directory: str | os.PathLike[str] | None = None, casing: Mapping[str, str] | None = None) -> None:
         from .rendering import Lexicon
 
         if tagger.head.config.teacher_dim:
@@ -258,6 +260,7 @@ class Teacher:
         self.lexicon_path = Path(lexicon_path) if lexicon_path is not None else None
         self.lexicon = Lexicon.from_tsv(self.lexicon_path) if self.lexicon_path is not None else None
         self.directory = Path(directory) if directory is not None else None
+        self.casing = dict(casing or {})
 
     @property
     def dim(self) -> int:
@@ -283,7 +286,7 @@ class Teacher:
             raise ValueError("the teacher needs a lexicon to read Chinese")
         from .rendering import render_dataset_zh
 
-        english, _ = render_dataset_zh(dataset, self.lexicon)
+        english, _ = render_dataset_zh(dataset, self.lexicon, casing=self.casing or None)
         return self.read(english, batch_size)
 
 
@@ -369,8 +372,9 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
         raise ValueError("a transfer tagger is saved with its teacher: the teacher must be loaded from a directory")
     with atomic_dir(directory) as tmp:
         if encoder is not None:
-            encoder.model.save_pretrained(tmp / "encoder")
-            encoder.tokenizer.save_pretrained(tmp / "encoder")
+            with quiet_transformers():  # no "Writing model shards" bar in an executed notebook
+                encoder.model.save_pretrained(tmp / "encoder")
+                encoder.tokenizer.save_pretrained(tmp / "encoder")
             meta["encoder_max_length"] = encoder.max_length
         save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
         if tagger.mapping is not None:
@@ -380,7 +384,9 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
             shutil.copytree(teacher.directory, tmp / "teacher", copy_function=_link_or_copy)
             if teacher.lexicon_path is not None:
                 shutil.copy2(teacher.lexicon_path, tmp / "lexicon.tsv")
-            meta["teacher"] = {"directory": "teacher", "lexicon": "lexicon.tsv" if teacher.lexicon_path else None}
+            meta["teacher"] = {"directory": "teacher", "lexicon": "lexicon.tsv" if teacher.lexicon_path else None,
+                               "casing": "casing.json"}
+            (tmp / "casing.json").write_text(json.dumps(teacher.casing, ensure_ascii=False), encoding="utf-8")
         (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
@@ -410,7 +416,8 @@ def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathL
     if meta.get("teacher"):
         t = meta["teacher"]
         teacher, _, _ = load_checkpoint(directory / t["directory"], cache_dir)
+        casing = json.loads((directory / t["casing"]).read_text(encoding="utf-8")) if t.get("casing") else None
         tagger.teacher = Teacher(teacher, directory / t["lexicon"] if t.get("lexicon") else None,
-                                 directory / t["directory"])
+                                 directory / t["directory"], casing)
     tagger.eval()
     return tagger, encoder, train

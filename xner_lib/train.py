@@ -10,7 +10,7 @@ Each step draws from up to three streams and sums named losses (:mod:`~xner_lib.
 
 Optimizer groups: the head, the encoder (with and without weight decay) and the map ``U`` of eq. 2, one
 AdamW with a linear warm-up and decay; the discriminator has its own SGD (:class:`~xner_lib.objectives.Adversary`).
-``U`` is pulled back to orthogonal after every step (eq. 3, MUSE's update).
+``U`` is snapped back to orthogonal by SVD after every step (eq. 3).
 
 Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is ever
 seen. The baseline (no attention, no adversarial, no transfer) takes exactly the steps it took before the
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .aligner import orthogonalize_
+from .aligner import project_orthogonal_
 from .batches import Prepared, label_ids, length_batches
 from .config import ConfigError, did_you_mean
 from .data.labels import MODEL_LABELS
@@ -319,8 +319,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             opt.step()
             sched.step()
-            if tagger.mapping is not None and adv is not None:
-                orthogonalize_(tagger.mapping.U, adv.map_beta)
+            if tagger.mapping is not None:
+                project_orthogonal_(tagger.mapping.U)  # eq. 3
             step += 1
             loss_value = float(loss.detach())
             history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
