@@ -221,7 +221,8 @@ def evaluate_tagger(tagger: Tagger, corpora: Corpora, decode: DecodeConfig, *,
 def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], Encoder], corpora: Corpora,
                 runs_dir: Path, *, checkpoints_dir: Path | None = None, progress: bool = True, fresh: bool = False,
                 encoder: Encoder | None = None, decode: DecodeConfig | None = None,
-                snapshot_epoch: float | None = None, streams: Streams | None = None) -> dict[str, Any]:
+                snapshot_epoch: float | None = None, streams: Streams | None = None,
+                complete: Callable[[], tuple[Corpora, Streams]] | None = None) -> dict[str, Any]:
     """Train and evaluate one (variant, seed), or read back its ``metrics.json`` when its run key matches.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
@@ -234,8 +235,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     what stopping there gives).
 
     ``streams``: what the paper's variants read besides the corpora (:class:`Streams`: the teacher, the
-    rendered pairs, the unlabelled Chinese, the initial map); its ``inputs`` join the run key. With a
-    teacher, ``corpora`` must already carry the teacher's features (:meth:`Experiment.corpora_for`).
+    rendered pairs, the unlabelled Chinese, the initial map); its ``inputs`` join the run key. ``complete``
+    builds them (and the corpora with the teacher's features) only when the run must train, so reading a
+    cached run back costs no teacher, rendering or feature pass (:meth:`Experiment.streams`).
 
     A cached run is read back only when its run key equals this one and, with ``checkpoints_dir``, a
     checkpoint of that same run key is there; otherwise it is rerun, and one log line (warning level)
@@ -266,6 +268,12 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                               "it is not rerun for versions alone (fresh=True reruns it)", stacklevel=2)
             return old
         logger.warning("%s: rerunning the cached run: %s", run_dir.name, reason)
+    if complete is not None:
+        corpora, built = complete()
+        if built.inputs != streams.inputs:
+            raise ValueError(f"{run_dir.name}: the streams built ({built.inputs}) are not those keyed "
+                             f"({streams.inputs})")
+        streams = built
     if loaded is None:
         loaded = encoder_factory()
         if loaded.identity != reference.identity:
@@ -331,9 +339,10 @@ MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer")
 def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] | str | None]
                      ) -> dict[str, TrainConfig | str]:
     """Each variant's :class:`~xner_lib.train.TrainConfig` from its block in a profile (``variants:``): the
-    block's fields over ``base``, the dict fields ``head``, ``adversarial`` and ``transfer`` merged key by
-    key. A block that is a string names another variant whose runs it shares (e.g. ``without_position:
-    adv_att``); it stays a string. Unknown fields raise :class:`~xner_lib.config.ConfigError`."""
+    block's fields over ``base``, the dict fields ``head``, ``adversarial`` and ``transfer`` merged key
+    by key (``{}`` or ``null`` switches the base's section off). A block that is a string names another
+    variant whose runs it shares (e.g. ``without_position: adv_att``); it stays a string. Unknown fields
+    raise :class:`~xner_lib.config.ConfigError`."""
     from .config import ConfigError, did_you_mean
 
     known = {f for f in asdict(base)}
@@ -350,7 +359,9 @@ def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] |
         problems += [f"variant '{name}': unknown key '{k}'; {did_you_mean(k, known)}" for k in bad]
         if bad:
             continue
-        values = {k: ({**getattr(base, k), **(v or {})} if k in MERGED_FIELDS else v) for k, v in block.items()}
+        # a merged section given as {} or null switches the base's section off
+        values = {k: ({**getattr(base, k), **v} if k in MERGED_FIELDS and v else {} if k in MERGED_FIELDS else v)
+                  for k, v in block.items()}
         try:
             out[name] = replace(base, **values)
         except (ValueError, TypeError) as err:
@@ -392,6 +403,7 @@ class Experiment:
     unlabelled: Sequence[Dataset] = ()
     progress: bool = True
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+    _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
     # -- inputs, prepared once ------------------------------------------------------------------------
     def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
@@ -411,90 +423,125 @@ class Experiment:
         """``alignment``: notebook 02's lexicon of this profile; anything else: a path."""
         return self.out / "alignment" / "lexicon.tsv" if name == "alignment" else Path(name)
 
-    def _teacher_features(self, teacher: Teacher, teacher_key: str, name: str, dataset: Dataset) -> list[Tensor]:
-        """The teacher's features of ``dataset``, cached on disk by the teacher's run key, the data and the
-        lexicon (fp16)."""
-        ident = {"teacher": teacher_key, "data": data_identity(dataset), "casing": len(teacher.casing),
+    def _teacher_features(self, teacher: Teacher, name: str, dataset: Dataset) -> list[Tensor]:
+        """The teacher's features of ``dataset`` (rounded to fp16 precision, :meth:`Teacher.read`), cached on
+        disk by the teacher's weights (its head's and encoder's checksums), the data, the lexicon, the casing
+        map, the rendering code's version and jieba's version: a retrained teacher or another rendering is
+        never read from a stale file."""
+        from importlib.metadata import version
+
+        from .rendering import RENDERING_VERSION
+
+        assert teacher.directory is not None
+        weights = [teacher.directory / "head.safetensors", teacher.directory / "encoder" / "model.safetensors"]
+        ident = {"weights": [sha256_cached(w) if w.is_file() else None for w in weights],
+                 "data": data_identity(dataset), "rendering": RENDERING_VERSION, "jieba": version("jieba"),
+                 "casing": hashlib.sha256(json.dumps(teacher.casing, sort_keys=True).encode()).hexdigest(),
                  "lexicon": sha256_cached(teacher.lexicon_path) if teacher.lexicon_path else None}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
         path = self.out / "cache" / "teacher" / f"{name}-{digest}.pt"
+        expected = [len(s) for s in dataset.sentences] if dataset.language == "en" else None
         if path.is_file():
             try:
-                feats = torch.load(path, weights_only=True)
-                if len(feats) == len(dataset):
-                    return [f.float() for f in feats]
+                feats = [f.float() for f in torch.load(path, weights_only=True)]
+                if len(feats) == len(dataset) and (expected is None or [f.shape[0] for f in feats] == expected):
+                    return feats
+                logger.warning("%s: teacher features do not match the data, recomputing", path)
             except (RuntimeError, EOFError, ValueError):
                 logger.warning("%s: unreadable teacher features, recomputing", path)
         feats = teacher.features(dataset)
         write_bytes_atomic(path, lambda fh: torch.save([f.half() for f in feats], fh))
         return feats
 
-    def streams(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str], frozen: bool
-                ) -> tuple[Corpora, Streams]:
-        """The corpora (with the teacher's features when the variant transfers) and :class:`Streams` of one
-        run; runs the teacher first when it is not cached."""
-        corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
-        streams = Streams()
+    def _teacher_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
+                     ) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint directory and metrics of the run that is ``cfg``'s teacher (run or read back
+        first), or None when the variant does not transfer."""
+        tra = cfg.transfer_config
+        if tra is None:
+            return None
+        tcfg = variants.get(tra.teacher)
+        if not isinstance(tcfg, TrainConfig) or tcfg.transfer:
+            raise ValueError(f"variant '{name}': its teacher '{tra.teacher}' must be a variant with its own "
+                             "block and no transfer")
+        tmetrics = self.run(tra.teacher, tcfg, cfg.seed, variants)
+        return self.out / "checkpoints" / f"{tra.teacher}-seed{cfg.seed}", tmetrics
+
+    def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None) -> dict[str, Any]:
+        """What a run reads besides the corpora, as it enters the run key (cheap: checksums and run keys)."""
         tra, adv = cfg.transfer_config, cfg.adversarial_config
-        if tra is not None:
-            tcfg = variants.get(tra.teacher)
-            if not isinstance(tcfg, TrainConfig) or tcfg.transfer:
-                raise ValueError(f"variant '{name}': its teacher '{tra.teacher}' must be a variant with its own "
-                                 "block and no transfer")
-            tmetrics = self.run(tra.teacher, tcfg, cfg.seed, variants)
-            tdir = self.out / "checkpoints" / f"{tra.teacher}-seed{cfg.seed}"
-            ttagger, _, _ = load_checkpoint(tdir)
+        out: dict[str, Any] = {}
+        if tra is not None and teacher is not None:
             lexicon = self.lexicon_path(tra.lexicon)
             if not lexicon.is_file():
                 raise FileNotFoundError(f"{lexicon}: no lexicon for the transfer (notebook 02 writes it)")
-            from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
-
-            casing = surface_forms([s.tokens for s in self.data["conll_train"].sentences])
-            teacher = Teacher(ttagger, lexicon, tdir, casing)
-            tkey = tmetrics["extra"]["run_key"]
-            with_teacher = {k: replace(getattr(corpora, k), teacher=self._teacher_features(
-                teacher, tkey, k, self.data[k])) for k in SPLITS}
-            corpora = Corpora(**with_teacher, alt_units={})
-            lex = Lexicon.from_tsv(lexicon)
-            coverage = {k: render_dataset_zh(self.data[k], lex, casing=casing)[1].as_dict()
-                        for k in ("weibo_test", "peoples_daily_test")}
-            rendered = None
-            if tra.rendered_weight > 0:
-                rds, cov = render_dataset_en(self.data["conll_train"], lex)
-                coverage["conll_train_rendered"] = cov.as_dict()
-                rendered = replace(self._prepare(f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen),
-                                   teacher=with_teacher["conll_train"].teacher)
-            streams.teacher, streams.rendered = teacher, rendered
-            streams.inputs.update({"teacher": tkey, "lexicon": sha256_cached(lexicon)})
-            streams.summary["coverage"] = coverage
+            out.update({"teacher": teacher[1]["extra"]["run_key"], "lexicon": sha256_cached(lexicon)})
         if adv is not None:
             if not self.unlabelled:
-                raise ValueError(f"variant '{name}': the adversarial loss needs unlabelled Chinese text")
-            streams.target = self._prepare("unlabelled", text_only(self.unlabelled), frozen)
-            streams.inputs["unlabelled"] = [data_identity(d) for d in self.unlabelled]
+                raise ValueError("the adversarial loss needs unlabelled Chinese text (Experiment.unlabelled)")
+            out["unlabelled"] = [data_identity(d) for d in self.unlabelled]
             if adv.map_init == "alignment":
                 path = self.out / "alignment" / "mapping.npy"
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no map to start U from (notebook 02 writes it)")
-                streams.mapping = torch.from_numpy(np.load(path)).float()
-                streams.inputs["mapping"] = sha256_cached(path)
+                out["mapping"] = sha256_cached(path)
+        return out
+
+    def streams(self, cfg: TrainConfig, corpora: Corpora, teacher: tuple[Path, dict[str, Any]] | None,
+                frozen: bool) -> tuple[Corpora, Streams]:
+        """The corpora with the teacher's features (when the variant transfers) and the :class:`Streams` of
+        one run: built only when the run trains (:func:`run_or_load`'s ``complete``)."""
+        streams = Streams(inputs=self.inputs(cfg, teacher))
+        tra, adv = cfg.transfer_config, cfg.adversarial_config
+        if tra is not None and teacher is not None:
+            from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
+
+            tdir = teacher[0]
+            lexicon = self.lexicon_path(tra.lexicon)
+            casing = surface_forms([s.tokens for s in self.data["conll_train"].sentences])
+            tmodel = Teacher(load_checkpoint(tdir)[0], lexicon, tdir, casing)
+            with_teacher = {k: replace(getattr(corpora, k), teacher=self._teacher_features(tmodel, k, self.data[k]))
+                            for k in SPLITS}
+            corpora = Corpora(**with_teacher, alt_units={})
+            lex = Lexicon.from_tsv(lexicon)
+            coverage = {k: render_dataset_zh(self.data[k], lex, casing=casing)[1].as_dict()
+                        for k in ("weibo_test", "peoples_daily_test")}
+            if tra.rendered_weight > 0:
+                rds, cov = render_dataset_en(self.data["conll_train"], lex)
+                coverage["conll_train_rendered"] = cov.as_dict()
+                streams.rendered = replace(self._prepare(f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen),
+                                           teacher=with_teacher["conll_train"].teacher)
+            streams.teacher = tmodel
+            streams.summary["coverage"] = coverage
+        if adv is not None:
+            streams.target = self._prepare("unlabelled", text_only(self.unlabelled), frozen)
+            if adv.map_init == "alignment":
+                streams.mapping = torch.from_numpy(np.load(self.out / "alignment" / "mapping.npy")).float()
             streams.summary["unlabelled_sentences"] = len(streams.target.encoded)
         return corpora, streams
 
     # -- runs ----------------------------------------------------------------------------------------------
     def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str]
             ) -> dict[str, Any]:
-        """One (variant, seed): read back or trained (:func:`run_or_load`)."""
+        """One (variant, seed): read back or trained (:func:`run_or_load`); its teacher first. A run done in
+        this session is not redone (``fresh`` retrains each run once, not once per student)."""
+        if (name, seed) in self._done:
+            return self._done[(name, seed)]
         cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
         frozen = not cfg.finetune
-        corpora, streams = self.streams(name, cfg, variants, frozen)
+        teacher = self._teacher_run(name, cfg, variants)
+        corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
         teachers = {v.transfer_config.teacher for v in variants.values()
                     if isinstance(v, TrainConfig) and v.transfer_config is not None}
         keep = self.save_checkpoints or name in teachers
-        return run_or_load(name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
-                           checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
-                           fresh=self.fresh, encoder=self.encoder, decode=self.decode,
-                           snapshot_epoch=self.snapshot_epoch if name == "baseline" else None, streams=streams)
+        m = run_or_load(name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
+                        checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
+                        fresh=self.fresh, encoder=self.encoder, decode=self.decode,
+                        snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
+                        streams=Streams(inputs=self.inputs(cfg, teacher)),
+                        complete=lambda: self.streams(cfg, corpora, teacher, frozen))
+        self._done[(name, seed)] = m
+        return m
 
     def run_all(self, variants: Mapping[str, TrainConfig | str], seeds: Sequence[int],
                 only: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -236,17 +236,18 @@ class StructuralAttention(nn.Module):
 
 
 class DoubleAttention(nn.Module):
-    """The double attention layer of section 3.2 (DESIGN.md Model 4), usable as the head's ``middle``.
+    """The double attention layer of section 3.2 (DESIGN.md Model 4): the head builds it when
+    ``HeadConfig.attention == "double"``.
 
     ``states [B,U,D]``, ``mask [B,U]`` -> ``cat([states, semantic(states), structural(states)], -1)``
     ``[B,U,3D]``: the BiLSTM states followed by the :class:`SemanticAttention` and the
-    :class:`StructuralAttention` outputs (both zero at padded positions); ``extra_dim = 2D`` is what it adds,
-    the head's ``HeadConfig.extra_dim``.
+    :class:`StructuralAttention` outputs (both zero at padded positions); ``extra_dim = 2D`` is what it adds
+    (``HeadConfig.attention_dim``).
 
     Defaults: ``heads = 4`` (``D = 200`` in 4 heads of 50: enough dimensions per head for the relative
     sinusoids, few heads for the small data; TENER uses 8-14 heads over much wider models) and
     ``dropout = 0.15`` on the attention weights (TENER's value; the head already drops 0.5 of the states).
-    ``position=False`` is the "without position" ablation; "without attention" is no ``middle`` at all.
+    ``position=False`` is the "without position" ablation; "without attention" is a head without this layer.
     """
 
     def __init__(self, dim: int, heads: int = DEFAULT_HEADS, dropout: float = DEFAULT_DROPOUT,

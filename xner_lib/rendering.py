@@ -46,6 +46,8 @@ from .vectors import segment_chinese
 
 #: the header notebook 02 writes (pandas ``to_csv(sep="\t", index=False)``)
 LEXICON_COLUMNS: tuple[str, str, str] = ("english", "chinese", "cosine")
+#: Bump when a change here changes what a rendering holds: cached teacher features are keyed by it.
+RENDERING_VERSION = 1
 #: largest |cosine| accepted (the file rounds cosines to 4 decimals)
 _MAX_ABS_COSINE = 1.0001
 

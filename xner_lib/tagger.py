@@ -268,14 +268,16 @@ class Teacher:
         return self.tagger.head.config.state_dim + self.tagger.head.config.num_labels
 
     def read(self, token_lists: Sequence[Sequence[str]], batch_size: int = 64) -> list[Tensor]:
-        """The teacher's features of English token lists, one ``[W_i, D_t]`` tensor each."""
+        """The teacher's features of English token lists, one ``[W_i, D_t]`` tensor each, rounded to fp16
+        precision (the cache's, so training, a cache hit and a reloaded model see the same numbers)."""
         reader = self.tagger.text_encoder
         if reader is None:
             raise ValueError("the teacher has no text encoder")
         data = prepare(text_dataset([list(t) for t in token_lists], "en"), reader, frozen=False)
         if self.tagger.encoder is None:
             data.cached = extract_unit_features(reader, data.encoded)
-        return teacher_features(self.tagger, data, batch_size)
+        # rounded to fp16 precision, as the on-disk cache stores them: a cached and a fresh pass agree
+        return [f.half().float() for f in teacher_features(self.tagger, data, batch_size)]
 
     def features(self, dataset: Dataset, batch_size: int = 64) -> list[Tensor]:
         """The teacher's features of every sentence of ``dataset``: English read as it is, Chinese through

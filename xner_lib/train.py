@@ -100,8 +100,8 @@ class TrainConfig:
                                f"{did_you_mean(k, head_fields)}" for k in unknown])
         self.adversarial_config  # noqa: B018 (validates the section)
         self.transfer_config  # noqa: B018
-        if self.transfer and "teacher_dim" in self.head:
-            raise ValueError("head.teacher_dim comes from the teacher; do not set it with transfer")
+        if "teacher_dim" in self.head:
+            raise ValueError("head.teacher_dim comes from the teacher (the transfer section); do not set it")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be a positive number of evaluations or None, got {self.patience}")
 
@@ -160,7 +160,6 @@ def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
     return MODEL_LABELS if cfg.misc_class else tuple(x for x in MODEL_LABELS if not x.endswith("-MISC"))
 
 
-
 def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
     groups = [{"params": list(tagger.head.parameters()), "lr": cfg.head_lr, "weight_decay": 0.0}]
     if tagger.encoder_model is not None:
@@ -191,8 +190,8 @@ def _cycle(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Itera
         yield from length_batches(lengths, batch_size, rng)
 
 
-def _labels(tagger: Tagger, data: Prepared, ids: Sequence[Sequence[int]], batch: Sequence[int],
-            shape: torch.Size) -> Tensor:
+def _labels(ids: Sequence[Sequence[int]], batch: Sequence[int], shape: torch.Size) -> Tensor:
+    """Label ids of the sentences ``batch`` padded to ``shape`` ``[B,U]`` (0 at padding, masked anyway)."""
     y = torch.zeros(shape, dtype=torch.long)
     for r, i in enumerate(batch):
         y[r, : len(ids[i])] = torch.tensor(ids[i])
@@ -236,6 +235,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
             raise ValueError(f"transfer: the teacher's features are missing from {', '.join(missing)}")
     elif rendered is not None:
         raise ValueError("rendered pairs go with the transfer section")
+    if mapping is not None and adv is None:
+        raise ValueError("an initial map U goes with the adversarial section")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -258,8 +259,10 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     labels = tagger.head.config.labels
     label_counts = UnitTagCounts()
     ids = label_ids(train_data.encoded, [s.tags for s in train_data.dataset.sentences], labels, counts=label_counts)
+    rendered_counts = UnitTagCounts()
     rendered_ids = (label_ids(rendered.encoded, [s.tags for s in rendered.dataset.sentences], labels,
-                              counts=UnitTagCounts()) if rendered is not None else None)
+                              counts=rendered_counts) if rendered is not None else None)
+    label_counts.update({f"rendered.{k}": v for k, v in rendered_counts.items()})
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
     rendered_batches = (_cycle([len(e.input_ids) for e in rendered.encoded], tra.rendered_batch_size,
@@ -292,21 +295,21 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
             feats, mask = tagger.features([train_data.encoded[i] for i in batch],
                                           [train_data.cached[i] for i in batch] if train_data.cached is not None
                                           else None, train_data.dataset.language)
-            y = _labels(tagger, train_data, ids, batch, mask.shape)
+            y = _labels(ids, batch, mask.shape)
             loss = tagger.head.loss(feats, mask, y, teacher=train_data.batch_teacher(batch))
             row: dict[str, float] = {}
             if rendered_batches is not None and tra is not None and step % tra.every == 0:
                 assert rendered is not None and rendered_ids is not None
-                rb = next(rendered_batches)
+                rb = next(rendered_batches)  # Chinese renderings of CoNLL sentences, with the original's teacher
                 rf, rm = tagger.features([rendered.encoded[i] for i in rb], [rendered.cached[i] for i in rb]
                                          if rendered.cached is not None else None, rendered.dataset.language)
-                r_loss = tagger.head.loss(rf, rm, _labels(tagger, rendered, rendered_ids, rb, rm.shape),
+                r_loss = tagger.head.loss(rf, rm, _labels(rendered_ids, rb, rm.shape),
                                           teacher=rendered.batch_teacher(rb))
                 row["loss_rendered"] = float(r_loss.detach())
                 loss = loss + tra.rendered_weight * r_loss
             if target_batches is not None and adversary is not None and adv is not None and step % adv.every == 0:
                 assert target is not None
-                tb = next(target_batches)
+                tb = next(target_batches)  # unlabelled Chinese: eqs 4-5 for D, then eqs 6-7 for U and the encoder
                 tf, tm = tagger.features([target.encoded[i] for i in tb], [target.cached[i] for i in tb]
                                          if target.cached is not None else None, target.dataset.language)
                 x, is_target = sample_units(feats, mask, tf, tm, adv.tokens, adversary.generator)
