@@ -106,3 +106,27 @@ def test_02_alignment_smoke_saves_mapping_lexicon_and_curves(tmp_path: Path, dat
     assert scores["chosen_start"] == best["start"] and best["chosen"]  # the unsupervised criterion picks
     assert scores["criterion"] == pytest.approx(best["criterion"])
     assert (adir / "curves.csv").is_file() and (res / "figures" / "alignment_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, data_dir: Path) -> None:
+    import numpy as np
+
+    # 02 runs before 04 (run_all.sh): its lexicon (the committed cpu one stands in) and a map of the tiny
+    # encoder's size for the "U started from 02's map" row
+    alignment = tmp_path / "results" / "smoke" / "alignment"
+    alignment.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    from xner_lib.encoders import load_encoder
+
+    np.save(alignment / "mapping.npy", np.eye(load_encoder("tiny-random-bert").hidden_size, dtype=np.float32))
+    res = _run("04_ablation.ipynb", tmp_path)
+    t5 = pd.read_csv(res / "tables" / "table5.csv")
+    assert t5.model.tolist() == ["Full model", "Without attention", "Without position", "Without transfer",
+                                 "Without adversarial", "U started from 02's map"]
+    assert t5["paper Weibo (NAM)"].tolist()[:3] == [0.5192, 0.5012, 0.5107]
+    assert t5["joint Weibo (NAM) F1"].notna().tolist() == [True, True, True, False, False, False]
+    assert t5["shared People's Daily F1"].notna().all()
+    runs = {m.parent.name for m in (res / "runs").glob("*/metrics.json")}
+    assert {"baseline-seed1", "adv_att_pos-seed1", "shared-adv_att_pos-seed1", "shared-u_from_alignment-seed1"} <= runs
+    assert (res / "figures" / "table5_ablation.png").is_file()

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -29,7 +30,7 @@ from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
-                  "without_transfer", "without_adversarial")
+                  "without_transfer", "without_adversarial", "u_from_alignment")
 
 
 def _profile(name: str) -> dict:
@@ -47,10 +48,13 @@ def experiment(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Expe
     out = tmp_path_factory.mktemp("results") / "smoke"
     (out / "alignment").mkdir(parents=True)
     shutil.copy(REPO / "results" / "cpu" / "alignment" / "lexicon.tsv", out / "alignment" / "lexicon.tsv")
+    enc = load_encoder("tiny-random-bert")  # 02's map for u_from_alignment: a rotation of the tiny encoder's space
+    q, _ = torch.linalg.qr(torch.randn(enc.hidden_size, enc.hidden_size, generator=torch.Generator().manual_seed(5)))
+    np.save(out / "alignment" / "mapping.npy", q.numpy())
     data = {k: load(p, data_dir, max_sentences=24) for k, p in SPLITS.items()}
     unlabelled = [load(p, data_dir, max_sentences=12) for p in UNLABELLED_SETS]
     torch.set_num_threads(1)
-    return Experiment(data, load_encoder("tiny-random-bert"), "tiny-random-bert", out, DecodeConfig(),
+    return Experiment(data, enc, "tiny-random-bert", out, DecodeConfig(),
                       unlabelled=unlabelled, save_checkpoints=True, progress=False)
 
 
@@ -77,6 +81,8 @@ def test_every_variant_of_the_smoke_profile_trains_scores_and_records_its_stream
     # a string block shares the runs of the variant it names
     assert by["without_position"]["extra"]["same_as"] == "adv_att"
     assert by["without_position"]["scores"] == by["adv_att"]["scores"]
+    # U started from 02's map: keyed by the map's checksum
+    assert "mapping" in by["u_from_alignment"]["extra"]["run_key_parts"]["inputs"]
     # different models, different numbers: the full model is not the baseline under another name
     assert by["adv_att_pos"]["extra"]["history"] != by["baseline"]["extra"]["history"]
     # a second pass reads every run back
@@ -240,3 +246,22 @@ def test_the_baseline_trains_bitwise_as_before_the_engine_split(data_dir: Path) 
     assert len(got) == 30 and got[-1] == pytest.approx(9.624581336975098, rel=1e-4)
     assert got[:10] == pytest.approx(before, rel=1e-4)
     assert (result.best_step, result.snapshot[0] if result.snapshot else None) == (8, 8)
+
+
+def test_the_shared_protocol_trains_heads_over_the_seeds_fine_tuned_baseline_encoder(experiment: Experiment
+                                                                                      ) -> None:
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    shared = resolve_variants(_base(finetune=False, lr=0.0), {k: v for k, v in _profile("smoke")["variants"].items()
+                                                               if k != "baseline"})
+    metrics = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_position"])
+    names = [m["variant"] for m in metrics]
+    assert names == ["shared-adv_att_pos", "shared-without_position"]
+    full = metrics[0]
+    ckpt = experiment.out / "checkpoints" / "baseline-seed1"
+    # frozen over the baseline's fine-tuned encoder, its teacher the joint baseline of the same seed
+    assert full["extra"]["run_key_parts"]["encoder"]["name"] == str(ckpt / "encoder")
+    assert full["config"]["finetune"] is False
+    baseline = json.loads((experiment.out / "runs" / "baseline-seed1" / "metrics.json").read_text())
+    assert full["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]
+    assert metrics[1]["extra"]["same_as"] == "shared-adv_att"
+    assert (experiment.out / "runs" / "shared-adv_att-seed1" / "metrics.json").is_file()

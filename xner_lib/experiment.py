@@ -388,7 +388,12 @@ class Experiment:
     and notebook 02's ``alignment/`` lexicon and map). The baseline alone is scored under the other Chinese
     unit scheme (``compare_units``) and at ``snapshot_epoch``. A variant that is some other variant's
     teacher always keeps its checkpoint. ``unlabelled``: the Chinese text of the adversarial loss
-    (:data:`UNLABELLED_SETS`)."""
+    (:data:`UNLABELLED_SETS`).
+
+    The ``shared`` protocol of Table 5 (issue 12) is an experiment over the same seed's fine-tuned baseline
+    encoder, frozen: its runs are named ``prefix + variant`` (e.g. ``shared-adv_att_pos``), and its
+    transfer variants take their teacher from ``teachers = (experiment, variants)`` (the joint protocol's
+    baseline of the same seed) instead of from their own variants."""
 
     data: Mapping[str, Dataset]
     encoder: Encoder
@@ -402,6 +407,8 @@ class Experiment:
     fresh: bool = False
     unlabelled: Sequence[Dataset] = ()
     progress: bool = True
+    prefix: str = ""
+    teachers: tuple[Experiment, Mapping[str, TrainConfig | str]] | None = None
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
     _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
@@ -460,12 +467,13 @@ class Experiment:
         tra = cfg.transfer_config
         if tra is None:
             return None
-        tcfg = variants.get(tra.teacher)
+        source, tvariants = self.teachers if self.teachers is not None else (self, variants)
+        tcfg = tvariants.get(tra.teacher)
         if not isinstance(tcfg, TrainConfig) or tcfg.transfer:
             raise ValueError(f"variant '{name}': its teacher '{tra.teacher}' must be a variant with its own "
                              "block and no transfer")
-        tmetrics = self.run(tra.teacher, tcfg, cfg.seed, variants)
-        return self.out / "checkpoints" / f"{tra.teacher}-seed{cfg.seed}", tmetrics
+        tmetrics = source.run(tra.teacher, tcfg, cfg.seed, tvariants, keep_checkpoint=True)
+        return source.out / "checkpoints" / f"{source.prefix}{tra.teacher}-seed{cfg.seed}", tmetrics
 
     def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None) -> dict[str, Any]:
         """What a run reads besides the corpora, as it enters the run key (cheap: checksums and run keys)."""
@@ -521,20 +529,23 @@ class Experiment:
         return corpora, streams
 
     # -- runs ----------------------------------------------------------------------------------------------
-    def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str]
-            ) -> dict[str, Any]:
+    def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str], *,
+            keep_checkpoint: bool = False) -> dict[str, Any]:
         """One (variant, seed): read back or trained (:func:`run_or_load`); its teacher first. A run done in
-        this session is not redone (``fresh`` retrains each run once, not once per student)."""
-        if (name, seed) in self._done:
+        this session is not redone (``fresh`` retrains each run once, not once per student). Its checkpoint
+        is kept with ``save_checkpoints``, ``keep_checkpoint``, or when a variant of ``variants`` transfers
+        from it."""
+        teachers = {v.transfer_config.teacher for v in variants.values()
+                    if isinstance(v, TrainConfig) and v.transfer_config is not None} if self.teachers is None else set()
+        keep = self.save_checkpoints or keep_checkpoint or name in teachers
+        checkpoint = self.out / "checkpoints" / f"{self.prefix}{name}-seed{seed}" / "config.json"
+        if (name, seed) in self._done and (not keep or checkpoint.is_file()):
             return self._done[(name, seed)]
         cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
         frozen = not cfg.finetune
         teacher = self._teacher_run(name, cfg, variants)
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
-        teachers = {v.transfer_config.teacher for v in variants.values()
-                    if isinstance(v, TrainConfig) and v.transfer_config is not None}
-        keep = self.save_checkpoints or name in teachers
-        m = run_or_load(name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
+        m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
                         checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
                         fresh=self.fresh, encoder=self.encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
@@ -557,9 +568,58 @@ class Experiment:
             for seed in seeds:
                 m = self.run(source, vcfg, seed, variants)
                 if source != name:
-                    m = {**m, "variant": name, "extra": {**m["extra"], "same_as": source}}
+                    m = {**m, "variant": self.prefix + name, "extra": {**m["extra"], "same_as": self.prefix + source}}
                 out.append(m)
                 f1 = {k: round(v[next(iter(v))]["strict"]["f1"], 4) for k, v in m["scores"].items()}
-                print(name, "seed", seed, f1, f"train {m['extra']['seconds']['train'] / 60:.1f} min, "
+                print(self.prefix + name, "seed", seed, f1, f"train {m['extra']['seconds']['train'] / 60:.1f} min, "
                       f"{m['extra']['steps']} steps")
         return out
+
+    def shared(self, seed: int, variants: Mapping[str, TrainConfig | str]) -> Experiment:
+        """The ``shared`` protocol's experiment for ``seed`` (Table 5, issue 12): the fine-tuned encoder of
+        this experiment's ``baseline`` run of that seed (run or read back first, its checkpoint kept),
+        frozen, with its features cached; runs named ``shared-<variant>``; the teacher of its transfer
+        variants is this experiment's baseline of the same seed."""
+        base = variants.get("baseline")
+        if not isinstance(base, TrainConfig):
+            raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
+        tagger_dir = self.out / "checkpoints" / f"{self.prefix}baseline-seed{seed}"
+        self.run("baseline", base, seed, variants, keep_checkpoint=True)
+        if not (tagger_dir / "encoder").is_dir():
+            raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
+        encoder = load_checkpoint(tagger_dir)[1]
+        return replace(self, encoder=encoder, encoder_name=str(tagger_dir / "encoder"), prefix="shared-",
+                       teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False)
+
+    def run_shared(self, variants: Mapping[str, TrainConfig | str], shared: Mapping[str, TrainConfig | str],
+                   seeds: Sequence[int], only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The ``shared`` protocol over ``seeds``: for each, :meth:`shared`'s experiment (``variants`` give
+        the baseline and the teachers) runs ``only`` of ``shared`` (the variants over the frozen-feature
+        training settings)."""
+        out: list[dict[str, Any]] = []
+        for seed in seeds:
+            out += self.shared(seed, variants).run_all(shared, [seed], only=only)
+        return out
+
+    def describe(self) -> dict[str, str]:
+        """Sentences and tokens of every set read, for a notebook to show."""
+        return ({k: f"{len(v)} sentences, {v.n_tokens} tokens" for k, v in self.data.items()}
+                | {f"unlabelled {d.name}/{d.split}": f"{len(d)} sentences (text only)" for d in self.unlabelled})
+
+
+def experiment_from_params(params: Mapping[str, Any]) -> Experiment:
+    """The notebooks' :class:`Experiment` from their parameters (03 and 04 share it): the :data:`SPLITS` and
+    :data:`UNLABELLED_SETS` read from ``data_dir`` (first ``max_sentences``), the ``encoder``, decoding from
+    the ``decode_*`` parameters, ``zh_units``, ``compare_units``, ``snapshot_epoch``, ``save_checkpoints`` and
+    ``fresh``; results under ``results/<profile>`` (``results_root``)."""
+    from .config import from_params, results_dir
+    from .data import load
+
+    p = dict(params)
+    data = {k: load(path, p.get("data_dir"), max_sentences=p.get("max_sentences")) for k, path in SPLITS.items()}
+    unlabelled = [load(path, p.get("data_dir"), max_sentences=p.get("max_sentences")) for path in UNLABELLED_SETS]
+    decode = from_params(DecodeConfig, {k: v for k, v in p.items() if k.startswith("decode_")}, "decode_")
+    return Experiment(data, load_encoder(p["encoder"]), p["encoder"], results_dir(p["profile"], p.get("results_root")),
+                      decode, zh_units=p.get("zh_units", "char"), compare_units=bool(p.get("compare_units", False)),
+                      snapshot_epoch=p.get("snapshot_epoch"), save_checkpoints=bool(p.get("save_checkpoints", False)),
+                      fresh=bool(p.get("fresh", False)), unlabelled=unlabelled)

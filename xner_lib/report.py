@@ -268,6 +268,76 @@ def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, 
     return pd.DataFrame(rows).round(4)
 
 
+#: Table 5's sets: scores key, view, column label, the paper's key
+TABLE5_SETS: tuple[tuple[str, str, str, str], ...] = (
+    ("weibo_test", "weibo_nam", "Weibo (NAM)", "weibo"),
+    ("peoples_daily_test", "peoples_daily", "People's Daily", "peoples_daily"),
+)
+
+
+def ablation_table(metrics: Iterable[dict], reference: str, rows: Mapping[str, str],
+                   protocols: Mapping[str, str], paper: Mapping[str, Mapping[str, float]] | None = None
+                   ) -> pd.DataFrame:
+    """Table 5 (issue 12): per ablation row and protocol, strict F1 mean and std over seeds and the paired
+    per-seed difference to the full model (``reference``) with its 95% t-interval, the paper's figure beside.
+
+    ``rows`` maps a row label to a variant name (the reference's row included); ``protocols`` maps a
+    protocol (``joint``, ``shared``) to the prefix its runs carry (``""``, ``"shared-"``). ``paper`` maps a
+    variant to the paper's ``{"weibo", "peoples_daily"}`` F1 (``full`` for the reference). A row a
+    protocol did not run is left empty."""
+    metrics = list(metrics)
+    out = []
+    for label, variant in rows.items():
+        row: dict[str, object] = {"model": label}
+        ref_paper = (paper or {}).get("full" if variant == reference else variant, {})
+        for _, _, col, pkey in TABLE5_SETS:
+            row[f"paper {col}"] = ref_paper.get(pkey)
+        for protocol, prefix in protocols.items():
+            ref = {m["seed"]: m["scores"] for m in metrics if m["variant"] == prefix + reference}
+            runs = {m["seed"]: m["scores"] for m in metrics if m["variant"] == prefix + variant}
+            if not runs:
+                continue
+            row[f"{protocol} seeds"] = " ".join(str(x) for x in sorted(runs))
+            for key, view, col, _ in TABLE5_SETS:
+                vals = [sc[key][view]["strict"]["f1"] for sc in runs.values()]
+                row[f"{protocol} {col} F1"] = float(np.mean(vals))
+                row[f"{protocol} {col} std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+                if variant != reference:
+                    diffs = [runs[s][key][view]["strict"]["f1"] - ref[s][key][view]["strict"]["f1"]
+                             for s in sorted(runs) if s in ref]
+                    if diffs:
+                        mean, lo, hi = paired_interval(diffs)
+                        row[f"{protocol} {col} diff"] = mean
+                        row[f"{protocol} {col} 95% CI"] = f"[{lo:+.4f}, {hi:+.4f}]"
+        out.append(row)
+    return pd.DataFrame(out).round(4)
+
+
+def plot_ablation(metrics: Iterable[dict], rows: Mapping[str, str], protocols: Mapping[str, str]) -> plt.Figure:
+    """Strict F1 per ablation row, each seed a dot and the mean with its 95% t-interval, one panel per
+    protocol and Chinese test set (Table 5)."""
+    from scipy import stats
+
+    metrics = list(metrics)
+    fig, axes = plt.subplots(len(protocols), len(TABLE5_SETS), figsize=(11, 3.2 * len(protocols)), squeeze=False)
+    for r, (protocol, prefix) in enumerate(protocols.items()):
+        for c, (key, view, col, _) in enumerate(TABLE5_SETS):
+            ax = axes[r][c]
+            for x, variant in enumerate(rows.values()):
+                vals = [m["scores"][key][view]["strict"]["f1"] for m in metrics if m["variant"] == prefix + variant]
+                if not vals:
+                    continue
+                ax.scatter([x] * len(vals), vals, s=14, alpha=0.7)
+                mean = float(np.mean(vals))
+                half = (float(stats.t.ppf(0.975, len(vals) - 1) * np.std(vals, ddof=1) / np.sqrt(len(vals)))
+                        if len(vals) > 1 else 0.0)
+                ax.errorbar([x + 0.15], [mean], yerr=[half], fmt="_", color="black", capsize=3)
+            ax.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right", fontsize=8)
+            ax.set(title=f"{col}, {protocol}", ylabel="strict F1")
+    fig.tight_layout()
+    return fig
+
+
 def timing_table(metrics: Iterable[dict]) -> pd.DataFrame:
     """Minutes per stage (training, then prediction per set) for every run."""
     rows = []
