@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from xner_lib.encoders import load_encoder
 from xner_lib.experiment import SPLITS, UNLABELLED_SETS, Experiment, resolve_variants, text_only
 from xner_lib.objectives import AdversarialConfig
 from xner_lib.rendering import surface_forms
-from xner_lib.tagger import Tagger, Teacher, save_checkpoint
+from xner_lib.tagger import Tagger, Teacher, predict, save_checkpoint
 from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,3 +265,19 @@ def test_the_shared_protocol_trains_heads_over_the_seeds_fine_tuned_baseline_enc
     assert full["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]
     assert metrics[1]["extra"]["same_as"] == "shared-adv_att"
     assert (experiment.out / "runs" / "shared-adv_att-seed1" / "metrics.json").is_file()
+
+
+def test_a_full_model_predicts_the_same_tags_after_save_and_reload(experiment: Experiment, tmp_path: Path) -> None:
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    cfg = replace(variants["adv_att_pos"], seed=1)  # type: ignore[arg-type]
+    teacher = experiment._teacher_run("adv_att_pos", cfg, variants)
+    corpora, streams = experiment.streams(cfg, experiment.corpora(frozen=False), teacher, frozen=False)
+    enc = load_encoder("tiny-random-bert")
+    result = train(cfg, enc, corpora.conll_train, corpora.conll_dev, progress=False, rendered=streams.rendered,
+                   target=streams.target, teacher=streams.teacher, mapping=streams.mapping)
+    before = {k: predict(result.tagger, getattr(corpora, k), progress=False)
+              for k in ("conll_dev", "weibo_test", "peoples_daily_test")}
+    save_checkpoint(result.tagger, tmp_path / "full", asdict(cfg), scoring={"zh_units": "char"})
+    loaded = Tagger.from_pretrained(tmp_path / "full")
+    for name, tags in before.items():
+        assert loaded.predict_dataset(experiment.data[name]) == tags, name
