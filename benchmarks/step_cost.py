@@ -39,7 +39,6 @@ def main() -> None:
     batch = int(params["train_batch_size"])
     params["max_sentences"] = batch * args.steps  # one epoch of --steps steps; every test set cut the same way
     exp: Experiment = experiment_from_params(params)
-    exp.out = results_dir(args.profile) / "bench"
     base = from_params(TrainConfig, params, "train_")
     variants = resolve_variants(base, params["variants"])
     meta = json.loads((args.teacher / "config.json").read_text())
