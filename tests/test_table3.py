@@ -12,7 +12,7 @@ from xner_lib.data import Dataset, Sentence, load
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import load_encoder
 from xner_lib.evaluate import score_dataset
-from xner_lib.feature_crf import FeatureCrfConfig, features, predict, shape, train_feature_crf
+from xner_lib.feature_crf import FeatureCrfConfig, features, predict, sentence_features, shape, train_feature_crf
 from xner_lib.lexicon import normalize_embeddings
 from xner_lib.static_space import (
     AlignedSpace,
@@ -173,8 +173,16 @@ def test_unknown_tokens_get_a_counted_zero_vector_and_are_never_dropped() -> Non
 CRF = FeatureCrfConfig(clusters=(len(CLASSES),), max_iterations=60, seed=0)
 
 
-def test_shapes_are_language_independent_classes() -> None:
+def test_shapes_are_language_independent_classes_and_groups_switch_features() -> None:
     assert [shape(t) for t in ("Mr.", "Paris", "1990", "北京", "，", "iPhone")] == ["Xxp", "Xx", "d", "L", "p", "xXx"]
+    ids = [torch.tensor([4, 7])]
+    full = sentence_features(["Mr", "Zorp"], [0, -1], [(0, 1), (1, 2)], ids, window=1)
+    assert {"c0[0]=4", "c0[1]=unk", "shape=Xx", "len=2", "first", "relpos=0"} <= set(full[0])
+    assert full[1]["c0[0]=unk"] == 1.0 and full[1]["c0[1]=pad"] == 1.0 and full[1]["c0[-1]=4"] == 1.0
+    only = sentence_features(["Mr", "Zorp"], [0, -1], [(0, 1), (1, 2)], ids, window=1, groups=("clusters",))
+    assert not any(k.startswith(("shape", "len", "first", "relpos")) for f in only for k in f)
+    with pytest.raises(ValueError, match="unknown feature groups"):
+        FeatureCrfConfig(groups=("case",))
 
 
 def test_feature_crf_learns_the_mr_pattern_and_transfers_city_clusters_to_chinese() -> None:

@@ -53,7 +53,7 @@ FEATURE_GROUPS: tuple[str, ...] = ("shape", "length", "position", "digit", "clus
 
 @dataclass
 class FeatureCrfConfig:
-    """Settings of the feature CRF (profiles: keys prefixed ``crf_``).
+    """Settings of the feature CRF.
 
     ``clusters``: k of each k-means over the aligned space (one cluster feature per k); ``cluster_fit``: where
     the centroids are fitted (``en`` or ``joint``, :meth:`~xner_lib.static_space.AlignedSpace.clusters`), with
