@@ -116,7 +116,7 @@ def unit_vectors(encoder: Encoder, batch: Sequence[EncodedSentence], *, stride: 
     n_units = [s.n_units for s in batch]
     u_max = max(n_units, default=0)
     if not windows:
-        return torch.zeros(0, 0, encoder.hidden_size, device=device), torch.zeros(0, 0, dtype=torch.bool)
+        return to_device((torch.zeros(0, 0, encoder.hidden_size), torch.zeros(0, 0, dtype=torch.bool)), device)
     t_max = max(w.end - w.start for w in windows) + 2
     ids = torch.full((len(windows), t_max), pad, dtype=torch.long)
     attn = torch.zeros((len(windows), t_max), dtype=torch.long)
