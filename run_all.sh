@@ -80,6 +80,16 @@ profile_file="configs/$profile.yaml"
 # one check before any notebook runs: a misspelt key stops here, named with its file and nearest valid key
 python -m xner_lib check-profile "$profile_file" --notebooks notebooks "${param_names[@]}" || {
   echo "run_all.sh: $profile_file does not match the notebooks' parameters (above); nothing was run" >&2; exit 2; }
+# and what would stop a notebook minutes in: a GPU this machine lacks, an encoder it cannot load (offline)
+preflight=()
+for ((j = 0; j < ${#params_p[@]}; j += 3)); do
+  case "${params_p[$j]}" in
+    -r|--parameters_raw) preflight+=(--set-raw "${params_p[$((j + 1))]}" "${params_p[$((j + 2))]}") ;;
+    *) preflight+=(--set "${params_p[$((j + 1))]}" "${params_p[$((j + 2))]}") ;;
+  esac
+done
+python -m xner_lib preflight "$profile_file" "${preflight[@]}" || {
+  echo "run_all.sh: $profile_file cannot run on this machine (above); nothing was run" >&2; exit 2; }
 param_dir="$(mktemp -d)"
 trap 'rm -rf "$param_dir"' EXIT
 

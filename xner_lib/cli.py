@@ -3,6 +3,8 @@
 ``python -m xner_lib validate FILE --format conll|weibo|peoples_daily``: check a corpus file.
 ``python -m xner_lib check-profile PROFILE [--param NAME ...]``: check a profile against the notebooks.
 ``python -m xner_lib params NOTEBOOK PROFILE --out FILE [--param NAME ...]``: one notebook's parameters.
+``python -m xner_lib preflight PROFILE [--set NAME VALUE ...]``: can this machine run the profile (its device and
+its encoder)? One message and exit 2 if not.
 ``python -m xner_lib predict --model DIR (--text TEXT | --input FILE) [--format json|conll]``: tag raw text.
 ``python -m xner_lib evaluate --model DIR --input FILE --format conll|weibo|peoples_daily [--scheme NAM|NAM+NOM]
 [--out JSON]``: score a saved model on a labelled file.
@@ -96,6 +98,35 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight(args: argparse.Namespace) -> int:
+    """Check, before any notebook runs, what would otherwise stop one after minutes: the device setting
+    (``train_device``, ``train_precision``) on this machine and whether the encoder can be loaded (cheap: no
+    weights read). ``--set``/``--set-raw`` are the command line's ``-p``/``-r`` overrides."""
+    from .device import DeviceUnavailableError, mixed_precision, resolve_device
+    from .encoders import EncoderUnavailableError, check_encoder_available
+
+    try:
+        params, path = read_profile(args.profile)
+    except (ConfigError, FileNotFoundError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    for name, value in args.set:
+        params[name] = yaml.safe_load(value)  # as papermill's -p reads a value
+    for name, value in args.set_raw:
+        params[name] = value
+    device_setting = str(params.get("train_device", "cpu"))
+    try:
+        device = resolve_device(device_setting)
+        precision = mixed_precision(device, str(params.get("train_precision", "auto")))
+        if "encoder" in params:
+            check_encoder_available(str(params["encoder"]))
+    except (DeviceUnavailableError, EncoderUnavailableError, ValueError) as err:
+        print(f"{path}: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}: device {device} ({device_setting}, {precision.name}); encoder {params.get('encoder')} available")
+    return 0
+
+
 def _positive(value: str) -> int:
     """An argparse type: a positive integer."""
     try:
@@ -136,22 +167,23 @@ def _read_texts(path: str) -> list[str]:
     return [t.removesuffix("\r") for t in texts]
 
 
-def _load_tagger(model: str, cache_dir: str | None) -> Tagger:
-    """``Tagger.from_pretrained`` with a user's errors (missing directory, not a checkpoint, encoder) as
-    :class:`_UserError`. Imported here: the other commands need no torch."""
+def _load_tagger(model: str, cache_dir: str | None, device: str = "auto") -> Tagger:
+    """``Tagger.from_pretrained`` on ``device`` with a user's errors (missing directory, not a checkpoint,
+    encoder, a GPU this machine lacks) as :class:`_UserError`. Imported here: the other commands need no torch."""
+    from .device import DeviceUnavailableError
     from .encoders import EncoderUnavailableError
     from .tagger import Tagger
 
     try:
-        return Tagger.from_pretrained(model, cache_dir)
-    except (OSError, ValueError, EncoderUnavailableError) as err:
+        return Tagger.from_pretrained(model, cache_dir, device=device)
+    except (OSError, ValueError, EncoderUnavailableError, DeviceUnavailableError) as err:
         raise _UserError(f"cannot load the model: {err}") from None
 
 
 def _predict(args: argparse.Namespace) -> int:
     try:
         texts = [args.text] if args.text is not None else _read_texts(args.input)
-        tagger = _load_tagger(args.model, args.cache_dir)
+        tagger = _load_tagger(args.model, args.cache_dir, args.device)
     except _UserError as err:
         print(err, file=sys.stderr)
         return 1
@@ -198,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = read_file(args.input, args.format)
-        tagger = _load_tagger(args.model, args.cache_dir)
+        tagger = _load_tagger(args.model, args.cache_dir, args.device)
     except DataFormatError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return 1
@@ -258,8 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     par.add_argument("--notebooks", default=None, metavar="DIR",
                      help="the notebooks directory whose parameters are valid (default: NOTEBOOK's directory)")
     par.set_defaults(func=_params)
+    pf = sub.add_parser("preflight", help="check that this machine can run a profile: its device (train_device, "
+                        "train_precision) and its encoder (cached, a local folder, or the hub reachable); exit 2 "
+                        "with one message if not")
+    pf.add_argument("profile", help="a profile name (smoke, cpu, paper) or a YAML path")
+    pf.add_argument("--set", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a parameter given on the command line (papermill -p NAME VALUE); repeatable")
+    pf.add_argument("--set-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="a raw string parameter (papermill -r NAME VALUE); repeatable")
+    pf.set_defaults(func=_preflight)
     model_help = "a saved model: the directory save_checkpoint wrote (results/<profile>/checkpoints/<run>)"
     cache_help = "the encoder cache folder (default: $XNER_CACHE_DIR, else ~/.cache/xner)"
+    device_help = "where the model runs: auto (a CUDA GPU when there is one, default), cpu, cuda or cuda:N"
     pre = sub.add_parser("predict", help="tag raw English or Chinese text with a saved model; print JSON lines "
                          "(text, language, entities with type and character offsets) or CoNLL columns")
     pre.add_argument("--model", required=True, metavar="DIR", help=model_help)
@@ -273,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="force the language (default: zh when the text holds a CJK character, else en)")
     pre.add_argument("--batch-size", type=_positive, default=64)
     pre.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
+    pre.add_argument("--device", default="auto", help=device_help)
     pre.set_defaults(func=_predict)
     ev = sub.add_parser("evaluate", help="score a saved model on a labelled file: strict and conlleval P/R/F1 per "
                         "type. A two-column BIO file (token and tag, space or tab separated) with PER/LOC/ORG tags "
@@ -286,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--out", default=None, metavar="JSON", help="also write the scores (every view) here")
     ev.add_argument("--batch-size", type=_positive, default=64)
     ev.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
+    ev.add_argument("--device", default="auto", help=device_help)
     ev.set_defaults(func=_evaluate)
     args = parser.parse_args(argv)
     return int(args.func(args))

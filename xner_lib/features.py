@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .data import Dataset, Sentence
+from .device import module_device, to_device
 from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_identity
 from .files import write_atomic, write_bytes_atomic
 from .progress import Progress
@@ -106,15 +107,16 @@ def unit_vectors(encoder: Encoder, batch: Sequence[EncodedSentence], *, stride: 
     Returns ``vectors`` [B, U, H] (U = most units in the batch; padding rows are zero) and ``mask``
     Bool[B, U], True on the first ``n_units`` positions of each row (contiguous, padding after).
     Sentences longer than ``encoder.max_length - 2`` sub-words are windowed (module docstring).
-    The caller chooses train/eval mode and ``torch.no_grad``.
+    The caller chooses train/eval mode and ``torch.no_grad``. Both tensors are on the encoder's device
+    (:func:`~xner_lib.device.to_device`).
     """
     cls, sep, pad = _special_ids(encoder)
-    device = next(encoder.model.parameters()).device
+    device = module_device(encoder.model)
     windows, where = _plan(encoder, batch, stride)
     n_units = [s.n_units for s in batch]
     u_max = max(n_units, default=0)
     if not windows:
-        return torch.zeros(0, 0, encoder.hidden_size, device=device), torch.zeros(0, 0, dtype=torch.bool)
+        return to_device((torch.zeros(0, 0, encoder.hidden_size), torch.zeros(0, 0, dtype=torch.bool)), device)
     t_max = max(w.end - w.start for w in windows) + 2
     ids = torch.full((len(windows), t_max), pad, dtype=torch.long)
     attn = torch.zeros((len(windows), t_max), dtype=torch.long)
@@ -122,16 +124,17 @@ def unit_vectors(encoder: Encoder, batch: Sequence[EncodedSentence], *, stride: 
         row = [cls, *batch[w.sentence].input_ids[w.start:w.end], sep]
         ids[k, :len(row)] = torch.tensor(row)
         attn[k, :len(row)] = 1
-    hidden = encoder.model(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state  # [W, T, H]
+    hidden = encoder.model(input_ids=to_device(ids, device), attention_mask=to_device(attn, device)
+                           ).last_hidden_state  # [W, T, H]
     flat = torch.cat([hidden.reshape(-1, hidden.shape[-1]), hidden.new_zeros(1, hidden.shape[-1])])
     padding_row = flat.shape[0] - 1
     index = torch.full((len(batch), u_max), padding_row, dtype=torch.long)
     for i, units in enumerate(where):
         if units:
             index[i, :len(units)] = torch.tensor([w * t_max + p for w, p in units])
-    vectors = flat[index.to(device)]  # [B, U, H]
+    vectors = flat[to_device(index, device)]  # [B, U, H]
     mask = torch.arange(u_max).unsqueeze(0) < torch.tensor(n_units).unsqueeze(1)
-    return vectors, mask.to(device)
+    return vectors, to_device(mask, device)
 
 
 def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tokens: int, width: int
@@ -154,7 +157,8 @@ def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tok
 
 def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 4096,
                           stride: int | None = None, progress: Progress | None = None) -> list[torch.Tensor]:
-    """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order).
+    """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order),
+    computed on the encoder's device (move it there first, e.g. :func:`~xner_lib.device.placed`).
 
     Runs in eval mode without gradients (the model's mode is restored); sentences are sorted by length
     and batched so that sentences x window length stays under ``batch_tokens``.

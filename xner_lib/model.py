@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 
 from .data.labels import MODEL_LABELS
+from .device import to_device
 from .layers import DEFAULT_DROPOUT, DEFAULT_HEADS, DoubleAttention, ReverseAttentionTransfer
 
 #: the attention layers a head can have (``HeadConfig.attention``)
@@ -240,10 +241,13 @@ class BiLstmCrfHead(nn.Module):
 
         Projection to ``proj_dim`` (Table 2), dropout, a BiLSTM over packed sequences (padding never
         enters a state), dropout. States at padded positions are zero. Features in another floating
-        dtype (fp16 from the feature cache) are cast to the head's dtype.
+        dtype (fp16 from the feature cache) are cast to the head's dtype. Under autocast (CUDA) the projection
+        computes in half precision and its output is cast back to the LSTM's dtype: autocast runs the cuDNN LSTM
+        in half precision itself where it can, and any other LSTM then sees matching dtypes (no-op in float32).
         """
         lengths = self._check(features, mask)
         x = self.dropout(self.project(features.to(self.project.weight.dtype)))
+        x = x.to(self.lstm.weight_ih_l0.dtype)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=features.shape[1])
@@ -282,7 +286,8 @@ class BiLstmCrfHead(nn.Module):
     def crf_loss(self, emissions: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
         """Mean over the batch of ``-log p(y|X)`` (eqs 10-11) from ``emissions [B,U,L]``.
 
-        ``labels [B,U]`` (long) are label ids; values at padded positions are ignored.
+        ``labels [B,U]`` (long) are label ids; values at padded positions are ignored. The CRF computes in
+        float32 (half-precision emissions from autocast are cast up; a no-op in float32).
         """
         self._check_emissions(emissions, mask)
         if tuple(labels.shape) != tuple(emissions.shape[:2]):
@@ -292,7 +297,7 @@ class BiLstmCrfHead(nn.Module):
         labels = labels.long().masked_fill(~mask, 0)  # pytorch-crf indexes padded positions too
         if bool(((labels < 0) | (labels >= self.config.num_labels)).any()):
             raise ValueError(f"labels must be ids in [0, {self.config.num_labels}) at unmasked positions")
-        return -self.crf(emissions, labels, mask=mask, reduction="mean")
+        return -self.crf(emissions.float(), labels, mask=mask, reduction="mean")
 
     def constrained_transitions(self) -> tuple[Tensor, Tensor, Tensor]:
         """Copies of the CRF's ``start [L]``, ``transitions [L,L]`` and ``end [L]`` scores with every
@@ -314,7 +319,7 @@ class BiLstmCrfHead(nn.Module):
         """
         self._check_emissions(emissions, mask)
         if allowed is not None:
-            allowed = allowed.to(emissions.device).bool().expand_as(emissions)
+            allowed = to_device(allowed, emissions.device).bool().expand_as(emissions)
             o = self.config.labels.index("O")
             if not bool(allowed[..., o].all()):
                 raise ValueError("allowed must keep the label O at every position")

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .aligner import AlignConfig, Discriminator, discriminator_loss, mapping_loss
 from .config import ConfigError, did_you_mean
+from .device import to_device
 
 #: where the initial ``U`` can come from (``AdversarialConfig.map_init``)
 MAP_INITS: tuple[str, ...] = ("identity", "alignment")
@@ -107,23 +108,26 @@ def sample_units(source: Tensor, source_mask: Tensor, target: Tensor, target_mas
                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """A discriminator batch of eq. 4: up to ``n`` real units drawn (without replacement) from the mapped
     English ``source [B,U,H]`` and as many from the Chinese ``target [B',U',H]`` (masks ``[B,U]``, ``[B',U']``).
-    Returns ``(x [n_s + n_t, H], is_target [n_s + n_t])``, English rows first; differentiable in both."""
+    Returns ``(x [n_s + n_t, H], is_target [n_s + n_t])``, English rows first; differentiable in both, on
+    ``source``'s device. ``generator`` is a CPU generator: the units drawn do not depend on the device."""
     src = source[source_mask.bool()]
     tgt = target[target_mask.bool()]
     k = min(n, src.shape[0], tgt.shape[0])
-    src = src[torch.randperm(src.shape[0], generator=generator)[:k]]
-    tgt = tgt[torch.randperm(tgt.shape[0], generator=generator)[:k]]
+    src = src[to_device(torch.randperm(src.shape[0], generator=generator)[:k], src.device)]
+    tgt = tgt[to_device(torch.randperm(tgt.shape[0], generator=generator)[:k], tgt.device)]
     is_target = torch.cat([torch.zeros(k, dtype=torch.bool), torch.ones(k, dtype=torch.bool)])
-    return torch.cat([src, tgt]), is_target
+    return torch.cat([src, tgt]), to_device(is_target, src.device)
 
 
 class Adversary:
     """The word discriminator ``D`` of eqs 4-5 with its own SGD optimizer, and the generator loss of eqs
-    6-7 it gives the tagger. ``dim``: the encoder's hidden size ``H`` (``D`` reads unit vectors)."""
+    6-7 it gives the tagger. ``dim``: the encoder's hidden size ``H`` (``D`` reads unit vectors). ``D`` lives on
+    ``device`` (:func:`~xner_lib.device.to_device`) and computes in float32: the training loop calls it outside
+    autocast."""
 
-    def __init__(self, config: AdversarialConfig, dim: int, seed: int) -> None:
+    def __init__(self, config: AdversarialConfig, dim: int, seed: int, device: str | torch.device = "cpu") -> None:
         self.config = config
-        self.discriminator = Discriminator(dim, config.align_config())
+        self.discriminator = to_device(Discriminator(dim, config.align_config()), device)
         self.optimizer = torch.optim.SGD(self.discriminator.parameters(), lr=config.dis_lr)
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -17,6 +17,11 @@ predictions (:func:`save_checkpoint`, :func:`load_checkpoint`, :meth:`Tagger.fro
 Inference on new text (issue 14): :meth:`Tagger.from_pretrained` loads a checkpoint with the Chinese unit
 scheme and the decoding of the run that saved it (:class:`InferenceSettings`); :meth:`Tagger.tag` tags raw
 strings (split by :mod:`xner_lib.inference`), :meth:`Tagger.predict_dataset` any read corpus file.
+
+Devices (issue 16): a tagger computes where its head is (:attr:`Tagger.device`); batches, cached features and the
+teacher's features are moved there by :func:`~xner_lib.device.to_device`, and what leaves it (teacher features)
+comes back to the CPU. Prediction runs in float32 on any device. :func:`load_checkpoint` and
+:meth:`Tagger.from_pretrained` take a ``device`` setting (default ``cpu``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from .aligner import OrthogonalMapping
 from .batches import Prepared, pad_features, prepare
 from .data import Dataset
 from .decoding import DecodeConfig, allowed_matrix
+from .device import cpu_copy, module_device, resolve_device, to_device
 from .encoders import Encoder, load_encoder, quiet_transformers
 from .features import extract_unit_features, unit_vectors
 from .files import atomic_dir
@@ -101,12 +107,17 @@ class Tagger(nn.Module):
     def encoder(self) -> Encoder | None:
         return self._encoder
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tagger computes: its head's device (the encoder and ``U`` are moved with it)."""
+        return module_device(self.head)
+
     def features(self, batch: Sequence[EncodedSentence], cached: Sequence[Tensor] | None = None,
                  language: str | None = None) -> tuple[Tensor, Tensor]:
-        """Unit vectors [B,U,H] and mask [B,U]: through the encoder, or padded from ``cached``; English ones
-        (``language == "en"``) mapped by ``U`` (eq. 2) when the tagger has a mapping."""
+        """Unit vectors [B,U,H] and mask [B,U] on the tagger's device: through the encoder, or padded from
+        ``cached``; English ones (``language == "en"``) mapped by ``U`` (eq. 2) when the tagger has a mapping."""
         if cached is not None:
-            feats, mask = pad_features(cached)
+            feats, mask = to_device(pad_features(cached), self.device)
         elif self._encoder is None:
             raise ValueError("a frozen tagger needs cached features")
         else:
@@ -120,16 +131,17 @@ class Tagger(nn.Module):
         teacher's features of those sentences when the head transfers (``data.teacher``)."""
         cached = [data.cached[i] for i in idx] if data.cached is not None else None
         feats, mask = self.features([data.encoded[i] for i in idx], cached, data.dataset.language)
-        return self.head.emissions(feats, mask, teacher=data.batch_teacher(idx)), mask
+        return self.head.emissions(feats, mask, teacher=to_device(data.batch_teacher(idx), self.device)), mask
 
     # --- inference on new text -------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
-                        ) -> Tagger:
+    def from_pretrained(cls, directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
+                        device: str = "cpu") -> Tagger:
         """Load a checkpoint written by :func:`save_checkpoint` (:func:`load_checkpoint`), ready to tag text:
-        eval mode, its text encoder, and the unit scheme and decoding recorded under ``scoring`` in its
-        ``config.json`` (:class:`InferenceSettings`). Raises ``FileNotFoundError`` or ``ValueError`` naming
-        the directory or file when it is not a readable checkpoint."""
+        eval mode, on ``device`` (a device setting: ``cpu``, ``auto``, ``cuda``, ``cuda:N``), its text encoder,
+        and the unit scheme and decoding recorded under ``scoring`` in its ``config.json``
+        (:class:`InferenceSettings`). Raises ``FileNotFoundError`` or ``ValueError`` naming the directory or file
+        when it is not a readable checkpoint."""
         directory = Path(directory)
         meta_path = directory / "config.json"
         if not directory.is_dir():
@@ -147,7 +159,7 @@ class Tagger(nn.Module):
         if not (directory / "head.safetensors").is_file():
             raise FileNotFoundError(f"{directory / 'head.safetensors'}: missing (an incomplete checkpoint)")
         settings = InferenceSettings.from_scoring(meta.get("scoring"), str(meta_path))
-        tagger, encoder, _ = load_checkpoint(directory, cache_dir)
+        tagger, encoder, _ = load_checkpoint(directory, cache_dir, device=device)
         tagger.text_encoder = encoder
         tagger.inference = settings
         return tagger
@@ -295,7 +307,8 @@ class Teacher:
 @torch.no_grad()
 def teacher_features(tagger: Tagger, data: Prepared, batch_size: int = 64) -> list[Tensor]:
     """Per sentence of ``data``, the ``[U_i, 2*lstm_hidden + L]`` concatenation of ``tagger``'s BiLSTM states
-    and emission scores (eq. 9) at its units, in eval mode: what the transfer attends over."""
+    and emission scores (eq. 9) at its units, in eval mode: what the transfer attends over. Computed on the
+    tagger's device, returned on the CPU."""
     was = tagger.training
     tagger.eval()
     out: list[Tensor | None] = [None] * len(data.encoded)
@@ -307,7 +320,7 @@ def teacher_features(tagger: Tagger, data: Prepared, batch_size: int = 64) -> li
         states = tagger.head.forward_states(feats, mask)
         both = torch.cat([states, tagger.head.emissions(feats, mask)], dim=-1)
         for r, i in enumerate(idx):
-            out[i] = both[r, : int(mask[r].sum())].clone()
+            out[i] = cpu_copy(both[r, : int(mask[r].sum())])  # in host memory, wherever the teacher ran
     tagger.train(was)
     return out  # type: ignore[return-value]
 
@@ -378,9 +391,10 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
                 encoder.model.save_pretrained(tmp / "encoder")
                 encoder.tokenizer.save_pretrained(tmp / "encoder")
             meta["encoder_max_length"] = encoder.max_length
-        save_file({k: v.contiguous() for k, v in tagger.head.state_dict().items()}, str(tmp / "head.safetensors"))
+        save_file({k: cpu_copy(v).contiguous() for k, v in tagger.head.state_dict().items()},
+                  str(tmp / "head.safetensors"))
         if tagger.mapping is not None:
-            save_file({"U": tagger.mapping.U.detach().contiguous()}, str(tmp / "mapping.safetensors"))
+            save_file({"U": cpu_copy(tagger.mapping.U).contiguous()}, str(tmp / "mapping.safetensors"))
         if tagger.head.config.teacher_dim:
             assert teacher is not None and teacher.directory is not None
             shutil.copytree(teacher.directory, tmp / "teacher", copy_function=_link_or_copy)
@@ -393,11 +407,13 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
     return directory
 
 
-def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
-                    ) -> tuple[Tagger, Encoder, dict[str, Any]]:
+def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, *,
+                    device: str | torch.device = "cpu") -> tuple[Tagger, Encoder, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`: the tagger (eval mode; with its mapping and,
     when its head transfers, its teacher), the encoder it reads (the saved fine-tuned one, or the named
-    frozen one) and its training config as the dict saved."""
+    frozen one) and its training config as the dict saved; tagger, encoder and teacher on ``device`` (a
+    device setting, :func:`~xner_lib.device.resolve_device`)."""
+    place = resolve_device(device)
     directory = Path(directory)
     meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     train = dict(meta["train"])
@@ -414,10 +430,12 @@ def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathL
         with torch.no_grad():
             umap.U.copy_(mapping)
         mapping = umap
-    tagger = Tagger(head, encoder if meta["finetuned"] else None, mapping=mapping, text_encoder=encoder)
+    tagger = to_device(Tagger(head, encoder if meta["finetuned"] else None, mapping=mapping, text_encoder=encoder),
+                       place)
+    to_device(encoder.model, place)  # a frozen tagger's text encoder is not one of its modules
     if meta.get("teacher"):
         t = meta["teacher"]
-        teacher, _, _ = load_checkpoint(directory / t["directory"], cache_dir)
+        teacher, _, _ = load_checkpoint(directory / t["directory"], cache_dir, device=place)
         casing = json.loads((directory / t["casing"]).read_text(encoding="utf-8")) if t.get("casing") else None
         tagger.teacher = Teacher(teacher, directory / t["lexicon"] if t.get("lexicon") else None,
                                  directory / t["directory"], casing)

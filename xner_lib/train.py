@@ -12,6 +12,11 @@ Optimizer groups: the head, the encoder (with and without weight decay) and the 
 AdamW with a linear warm-up and decay; the discriminator has its own SGD (:class:`~xner_lib.objectives.Adversary`).
 ``U`` is snapped back to orthogonal by SVD after every step (eq. 3).
 
+Device and precision (issue 16): ``TrainConfig.device`` places the tagger (encoder, head, layers, ``U``), the
+discriminator and every batch through :func:`~xner_lib.device.to_device`; on CUDA the forward passes run under
+autocast (:class:`~xner_lib.device.MixedPrecision`), the CRF and the discriminator's losses in float32. On the
+CPU (the default) nothing moves and nothing is cast: the steps are bitwise those of before.
+
 Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is ever
 seen. The baseline (no attention, no adversarial, no transfer) takes exactly the steps it took before the
 streams existed (a test compares).
@@ -26,7 +31,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +38,16 @@ from .aligner import project_orthogonal_
 from .batches import Prepared, label_ids, length_batches
 from .config import ConfigError, did_you_mean
 from .data.labels import MODEL_LABELS
+from .device import (
+    check_device_setting,
+    check_precision_setting,
+    cpu_copy,
+    describe_device,
+    mixed_precision,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
 from .encoders import Encoder
 from .evaluate import score
 from .model import HeadConfig
@@ -66,6 +80,10 @@ class TrainConfig:
     :class:`~xner_lib.model.HeadConfig`); ``adversarial`` (:class:`~xner_lib.objectives.AdversarialConfig`,
     eqs 4-7 inside training) and ``transfer`` (:class:`~xner_lib.objectives.TransferConfig`, the
     reverse-attention transfer) are off when empty. A variant is a block of these settings in a profile.
+
+    Device (issue 16; :mod:`~xner_lib.device`): ``device`` is ``cpu`` (the default: every run before it was made
+    on the CPU), ``auto`` (a CUDA GPU when there is one), ``cuda`` or ``cuda:N``; ``precision`` is ``auto``
+    (off on the CPU; bf16, else fp16 with loss scaling, on CUDA), ``fp32``, ``bf16`` or ``fp16``.
     """
 
     encoder: str = "bert-base-multilingual-cased"
@@ -89,8 +107,12 @@ class TrainConfig:
     head: dict[str, Any] = field(default_factory=dict)
     adversarial: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device_setting(self.device)
+        check_precision_setting(self.precision)
         if self.epochs <= 0 or self.batch_size < 1 or self.evals_per_epoch < 1:
             raise ValueError(f"epochs, batch_size and evals_per_epoch must be positive: {self}")
         head_fields = {f.name for f in fields(HeadConfig)} - {"input_dim"}  # input_dim comes from the encoder
@@ -120,7 +142,8 @@ class TrainConfig:
 #: Fields added to :class:`TrainConfig` after method version 2, with the value that reproduces the code before
 #: them. A run key leaves such a field out while it holds that value (:func:`key_config`), so adding a field
 #: does not orphan the runs made before it; any other value is part of the key.
-KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}}
+#: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
+KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "device": "cpu", "precision": "auto"}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -130,10 +153,8 @@ def key_config(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (CPU) generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) generators (:func:`~xner_lib.device.seed_everything`)."""
+    seed_everything(seed)
 
 
 @dataclass
@@ -150,6 +171,8 @@ class TrainResult:
     label_counts: dict[str, int] = field(default_factory=dict)
     #: (step, state dict): the best weights up to ``snapshot_epoch`` (see :func:`train`), or None
     snapshot: tuple[int, dict[str, Tensor]] | None = None
+    #: where the run computed (:func:`~xner_lib.device.describe_device`), for ``metrics.json``
+    device: dict[str, Any] = field(default_factory=dict)
 
 
 def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
@@ -237,6 +260,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         raise ValueError("rendered pairs go with the transfer section")
     if mapping is not None and adv is None:
         raise ValueError("an initial map U goes with the adversarial section")
+    device = resolve_device(cfg.device)  # fails at once, with one message, for a GPU this machine lacks
+    amp = mixed_precision(device, cfg.precision)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -245,10 +270,10 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     init_map = None
     if adv is not None:
         init_map = mapping if mapping is not None else torch.eye(encoder.hidden_size)
-    tagger = build_tagger(head_cfg, encoder, finetune=cfg.finetune, freeze_embeddings=cfg.freeze_embeddings,
-                          freeze_layers=cfg.freeze_layers, mapping=init_map)
+    tagger = to_device(build_tagger(head_cfg, encoder, finetune=cfg.finetune, freeze_embeddings=cfg.freeze_embeddings,
+                                    freeze_layers=cfg.freeze_layers, mapping=init_map), device)
     tagger.teacher = teacher
-    adversary = Adversary(adv, encoder.hidden_size, cfg.seed) if adv is not None else None
+    adversary = Adversary(adv, encoder.hidden_size, cfg.seed, device=device) if adv is not None else None
     for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target)):
         if data is None:
             continue
@@ -292,35 +317,41 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         for batch in length_batches(lengths, cfg.batch_size, rng):
             if step >= total or stopped_early:
                 break
-            feats, mask = tagger.features([train_data.encoded[i] for i in batch],
-                                          [train_data.cached[i] for i in batch] if train_data.cached is not None
-                                          else None, train_data.dataset.language)
-            y = _labels(ids, batch, mask.shape)
-            loss = tagger.head.loss(feats, mask, y, teacher=train_data.batch_teacher(batch))
+            with amp.autocast():
+                feats, mask = tagger.features([train_data.encoded[i] for i in batch],
+                                              [train_data.cached[i] for i in batch] if train_data.cached is not None
+                                              else None, train_data.dataset.language)
+                y = to_device(_labels(ids, batch, mask.shape), device)
+                loss = tagger.head.loss(feats, mask, y, teacher=to_device(train_data.batch_teacher(batch), device))
             row: dict[str, float] = {}
             if rendered_batches is not None and tra is not None and step % tra.every == 0:
                 assert rendered is not None and rendered_ids is not None
                 rb = next(rendered_batches)  # Chinese renderings of CoNLL sentences, with the original's teacher
-                rf, rm = tagger.features([rendered.encoded[i] for i in rb], [rendered.cached[i] for i in rb]
-                                         if rendered.cached is not None else None, rendered.dataset.language)
-                r_loss = tagger.head.loss(rf, rm, _labels(rendered_ids, rb, rm.shape),
-                                          teacher=rendered.batch_teacher(rb))
+                with amp.autocast():
+                    rf, rm = tagger.features([rendered.encoded[i] for i in rb], [rendered.cached[i] for i in rb]
+                                             if rendered.cached is not None else None, rendered.dataset.language)
+                    r_loss = tagger.head.loss(rf, rm, to_device(_labels(rendered_ids, rb, rm.shape), device),
+                                              teacher=to_device(rendered.batch_teacher(rb), device))
                 row["loss_rendered"] = float(r_loss.detach())
                 loss = loss + tra.rendered_weight * r_loss
             if target_batches is not None and adversary is not None and adv is not None and step % adv.every == 0:
                 assert target is not None
                 tb = next(target_batches)  # unlabelled Chinese: eqs 4-5 for D, then eqs 6-7 for U and the encoder
-                tf, tm = tagger.features([target.encoded[i] for i in tb], [target.cached[i] for i in tb]
-                                         if target.cached is not None else None, target.dataset.language)
+                with amp.autocast():
+                    tf, tm = tagger.features([target.encoded[i] for i in tb], [target.cached[i] for i in tb]
+                                             if target.cached is not None else None, target.dataset.language)
+                # D and its BCE in float32, outside autocast (which refuses binary_cross_entropy on CUDA)
                 x, is_target = sample_units(feats, mask, tf, tm, adv.tokens, adversary.generator)
+                x = x.float()
                 row.update(adversary.discriminator_step(x, is_target))
                 g_loss = adversary.generator_loss(x, is_target)
                 row["loss_adversarial"] = float(g_loss.detach())
                 loss = loss + adv.weight * g_loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            amp.backward(loss)
+            amp.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            opt.step()
+            amp.step(opt)
             sched.step()
             if tagger.mapping is not None:
                 project_orthogonal_(tagger.mapping.U)  # eq. 3
@@ -341,10 +372,9 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 if snapshot_epoch is not None and snapshot is None and evaluation["epoch"] > snapshot_epoch + 1e-9:
                     # the best up to snapshot_epoch (best[2] is never mutated), or this first evaluation
                     snapshot = (best[1], best[2]) if best[2] is not None else (
-                        step, {k: v.detach().clone() for k, v in tagger.state_dict().items()})
-                if evaluation["dev_f1"] > best[0]:
-                    best = (evaluation["dev_f1"], step,
-                            {k: v.detach().clone() for k, v in tagger.state_dict().items()})
+                        step, {k: cpu_copy(v) for k, v in tagger.state_dict().items()})
+                if evaluation["dev_f1"] > best[0]:  # weights kept aside in host memory, not on the GPU
+                    best = (evaluation["dev_f1"], step, {k: cpu_copy(v) for k, v in tagger.state_dict().items()})
                     since_best = 0
                 else:
                     since_best += 1
@@ -356,4 +386,5 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     tagger.load_state_dict(best[2])
     tagger.eval()
     return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
-                       stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot)
+                       stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot,
+                       device=describe_device(device, amp, cfg.device))
