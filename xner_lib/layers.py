@@ -116,7 +116,32 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the two attentions of section 3.2
-class SemanticAttention(nn.Module):
+class _SelfAttention(nn.Module):
+    """What the two attentions share: masked softmax over their own :meth:`scores` and the weighted values.
+    A subclass sets ``dim``, ``heads``, ``value`` and ``dropout`` and defines ``scores``."""
+
+    dim: int
+    heads: int
+    value: nn.Linear
+    dropout: nn.Dropout
+
+    def scores(self, states: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def weights(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Attention weights before dropout, ``[B,heads,U,U]``: rows sum to 1 over real keys (0 at padded
+        keys); rows of padded queries are 0. ``states [B,U,D]``, ``mask [B,U]``."""
+        _check_states(states, self.dim)
+        mask = _check_mask(mask, states)
+        return _masked_softmax(self.scores(states), mask, mask)
+
+    def context(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Dropped-out weights times the values, heads concatenated: ``[B,U,D]``."""
+        weights = self.dropout(self.weights(states, mask))
+        return _merge_heads(weights @ _split_heads(self.value(states), self.heads))
+
+
+class SemanticAttention(_SelfAttention):
     """The semantic attention of section 3.2: multi-head scaled dot-product self-attention on content.
 
     ``A = softmax(Q K^T / sqrt(d_head))`` per head with ``Q, K, V = H W_q, H W_k, H W_v`` (Vaswani et al.
@@ -147,21 +172,12 @@ class SemanticAttention(nn.Module):
         k = _split_heads(self.key(states), self.heads)
         return q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
 
-    def weights(self, states: Tensor, mask: Tensor) -> Tensor:
-        """Attention weights before dropout, ``[B,heads,U,U]``: rows sum to 1 over real keys (0 at padded
-        keys); rows of padded queries are 0. ``states [B,U,D]``, ``mask [B,U]``."""
-        _check_states(states, self.dim)
-        mask = _check_mask(mask, states)
-        return _masked_softmax(self.scores(states), mask, mask)
-
     def forward(self, states: Tensor, mask: Tensor) -> Tensor:
         """``states [B,U,D]``, ``mask [B,U]`` -> ``[B,U,D]``, zero at padded positions."""
-        weights = self.dropout(self.weights(states, mask))
-        context = _merge_heads(weights @ _split_heads(self.value(states), self.heads))
-        return self.out(context).masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        return self.out(self.context(states, mask)).masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 
-class StructuralAttention(nn.Module):
+class StructuralAttention(_SelfAttention):
     """The structural attention of section 3.2: TENER's relative-position self-attention (paper ref. 31).
 
     Per head, the score of key ``j`` for query ``i`` is TENER's (eq. 20 of Yan et al. 2019, unscaled as
@@ -221,18 +237,9 @@ class StructuralAttention(nn.Module):
         row = (pos[None, :] - pos[:, None] + length - 1).expand(batch, self.heads, length, length)  # j-i
         return scores + by_distance.gather(-1, row)
 
-    def weights(self, states: Tensor, mask: Tensor) -> Tensor:
-        """Attention weights before dropout, ``[B,heads,U,U]``: rows sum to 1 over real keys (0 at padded
-        keys); rows of padded queries are 0. ``states [B,U,D]``, ``mask [B,U]``."""
-        _check_states(states, self.dim)
-        mask = _check_mask(mask, states)
-        return _masked_softmax(self.scores(states), mask, mask)
-
     def forward(self, states: Tensor, mask: Tensor) -> Tensor:
         """``states [B,U,D]``, ``mask [B,U]`` -> ``[B,U,D]``, zero at padded positions."""
-        weights = self.dropout(self.weights(states, mask))
-        context = _merge_heads(weights @ _split_heads(self.value(states), self.heads))
-        return context.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        return self.context(states, mask).masked_fill(~mask.bool().unsqueeze(-1), 0.0)
 
 
 class DoubleAttention(nn.Module):
