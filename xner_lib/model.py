@@ -260,7 +260,12 @@ class BiLstmCrfHead(nn.Module):
         the double attention's outputs (section 3.2) and by the transfer ``R T`` from the teacher's features
         ``teacher = (T [B,W,D_t], teacher_mask [B,W])`` when the head has those layers.
         """
-        states = self.forward_states(features, mask)
+        return self.emissions_from_states(self.forward_states(features, mask), mask, teacher)
+
+    def emissions_from_states(self, states: Tensor, mask: Tensor, teacher: tuple[Tensor, Tensor] | None = None
+                              ) -> Tensor:
+        """:meth:`emissions` from BiLSTM states already computed (:meth:`forward_states`), for a caller that
+        needs both (the transfer's teacher features)."""
         mask = mask.bool()
         if self.middle is not None:
             states = self.middle(states, mask)

@@ -317,8 +317,8 @@ def teacher_features(tagger: Tagger, data: Prepared, batch_size: int = 64) -> li
         idx = order[start:start + batch_size]
         cached = [data.cached[i] for i in idx] if data.cached is not None else None
         feats, mask = tagger.features([data.encoded[i] for i in idx], cached, data.dataset.language)
-        states = tagger.head.forward_states(feats, mask)
-        both = torch.cat([states, tagger.head.emissions(feats, mask)], dim=-1)
+        states = tagger.head.forward_states(feats, mask)  # the BiLSTM once, for both halves
+        both = torch.cat([states, tagger.head.emissions_from_states(states, mask)], dim=-1)
         for r, i in enumerate(idx):
             out[i] = cpu_copy(both[r, : int(mask[r].sum())])  # in host memory, wherever the teacher ran
     tagger.train(was)
