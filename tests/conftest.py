@@ -21,3 +21,15 @@ def data_dir() -> Path:
     missing = [f.relpath for f in CORPUS_FILES if f.required and not (root / f.relpath).is_file()]
     assert not missing, f"real corpora missing from {root}: {missing} (set $XNER_DATA_DIR)"
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is several times faster than two on a shared CPU (modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ from xner_lib.model import BiLstmCrfHead, HeadConfig
 DIM, HEADS = 8, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(lengths: list[int], dim: int = DIM, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,13 +14,7 @@ TINY3 = ("O", "B-PER", "I-PER")
 TINY5 = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is several times faster than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_head(labels: tuple[str, ...] = TINY3, input_dim: int = 6, seed: int = 0, **kw) -> BiLstmCrfHead:
