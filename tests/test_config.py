@@ -91,6 +91,41 @@ def test_each_notebook_gets_only_its_own_parameters_and_none_is_dropped(profile:
     assert given == set(params)
 
 
+def _parameter_defaults(path: Path) -> dict[str, object]:
+    """The values a notebook's parameters cell assigns (its smoke defaults)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    scope: dict[str, object] = {}
+    exec("".join(cell["source"]), scope)  # noqa: S102 - our own notebook's literal assignments
+    return {k: v for k, v in scope.items() if not k.startswith("__")}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_notebook_that_builds_an_experiment_builds_the_same_one(profile: str) -> None:
+    """03 and 04 (and any notebook calling experiment_from_params) see the same experiment parameters and the
+    same train_ settings and variants under every profile, so a later notebook reads an earlier one's runs
+    back (their run keys hold how they are scored) instead of retraining and overwriting them. 04 once lacked
+    compare_units and snapshot_epoch: it would have retrained every baseline 03 made."""
+    from xner_lib.experiment import EXPERIMENT_PARAMS
+
+    params = load_profile(profile)
+    users = [nb for nb in notebook_paths() if "experiment_from_params(" in nb.read_text(encoding="utf-8")]
+    assert {nb.name for nb in users} >= {"03_training.ipynb", "04_ablation.ipynb"}
+    seen = {}
+    for nb in users:
+        values = _parameter_defaults(nb) | notebook_subset(params, nb)
+        shared = [k for k in values if k in EXPERIMENT_PARAMS or k.startswith(("decode_", "train_"))
+                  or k in ("variants", "seeds")]
+        missing = [k for k in EXPERIMENT_PARAMS if k not in values]
+        assert not missing, f"{nb.name} does not declare {missing}"
+        seen[nb.name] = {k: values[k] for k in shared}
+    first, *rest = seen.items()
+    for name, values in rest:
+        common = set(values) & set(first[1])
+        assert {k: values[k] for k in common} == {k: first[1][k] for k in common}, (name, first[0])
+        assert {k for k in first[1] if k.startswith(("decode_", "train_"))} <= set(values), name
+
+
 def test_stage_configs_build_from_every_profile() -> None:
     """The notebooks' from_params calls accept every profile (each prefixed key is a field)."""
     for profile in PROFILES:

@@ -130,3 +130,12 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
     runs = {m.parent.name for m in (res / "runs").glob("*/metrics.json")}
     assert {"baseline-seed1", "adv_att_pos-seed1", "shared-adv_att_pos-seed1", "shared-u_from_alignment-seed1"} <= runs
     assert (res / "figures" / "table5_ablation.png").is_file()
+    t3 = pd.read_csv(res / "tables" / "table3.csv")
+    assert t3.model.str.split(" ").str[0].tolist() == ["CRF,", "Pipeline", "Static", "ELMo", "tiny-random-bert",
+                                                        "tiny-random-bert"]
+    assert t3["paper F1"].tolist() == [0.35, 0.462, 0.329, 0.4131, 0.4693, 0.4693]
+    rebuilt = t3.note.isna() | (t3.note == "")
+    assert rebuilt.tolist() == [True, False, True, False, True, True]
+    assert t3.loc[rebuilt, "People's Daily F1"].notna().all() and t3.loc[~rebuilt, "People's Daily F1"].isna().all()
+    assert {"feature_crf-seed1", "static_bilstm_crf-seed1", "frozen-seed1"} <= {
+        m.parent.name for m in (res / "runs").glob("*/metrics.json")}

@@ -287,3 +287,55 @@ def test_both_rows_tag_every_real_token_deterministically(real: dict) -> None:
                 assert not any(t.endswith("MISC") for p in pred for t in p)
     other = train_feature_crf(FeatureCrfConfig(clusters=(8, 32), max_iterations=30, seed=6), space, real["train"])
     assert not torch.equal(other.clusters[0].centroids, crf_a.clusters[0].centroids)  # the seed reaches the k-means
+
+
+# --- the rows as runs: cached under a run key, read back, rerun when the key changes -------------------------
+def _toy_experiment(tmp_path: Path):
+    from xner_lib.experiment import Experiment
+
+    en = english_toy(120, 0, NAMES)
+    zh = chinese_toy()
+    data = {"conll_train": en, "conll_dev": english_toy(40, 1, NAMES), "conll_test": english_toy(40, 2, NAMES),
+            "weibo_test": dataset([[(c, y if y == "O" else y + ".NAM") for c, y in zip(s.tokens, s.tags, strict=True)]
+                                   for s in zh.sentences], "weibo"),
+            "peoples_daily_test": zh}
+    return Experiment(data, None, "toy", tmp_path, progress=False)  # type: ignore[arg-type]  # rows use no encoder
+
+
+def test_static_rows_are_runs_read_back_by_run_key_and_rerun_when_it_changes(tmp_path: Path) -> None:
+    from xner_lib.report import table3
+    from xner_lib.static_rows import run_feature_crf, run_static_tagger
+
+    exp = _toy_experiment(tmp_path)
+    space = toy_space()
+    crf_cfg = FeatureCrfConfig(clusters=(len(CLASSES),), max_iterations=30, seed=1)
+    first = run_feature_crf(exp, crf_cfg, space)
+    path = tmp_path / "runs" / "feature_crf-seed1" / "metrics.json"
+    assert path.is_file() and first["variant"] == "feature_crf" and first["seed"] == 1
+    assert set(first["scores"]) == {"conll_dev", "conll_test", "weibo_test", "peoples_daily_test"}
+    assert first["extra"]["lookup"]["peoples_daily_test"]["tokens"] == exp.data["peoples_daily_test"].n_tokens
+    stamp = path.stat().st_mtime_ns
+    assert run_feature_crf(exp, crf_cfg, space)["extra"]["run_key"] == first["extra"]["run_key"]
+    assert path.stat().st_mtime_ns == stamp  # read back, not retrained
+    other = run_feature_crf(exp, FeatureCrfConfig(clusters=(len(CLASSES),), max_iterations=31, seed=1), space)
+    assert other["extra"]["run_key"] != first["extra"]["run_key"] and path.stat().st_mtime_ns != stamp
+    moved = run_feature_crf(exp, FeatureCrfConfig(clusters=(len(CLASSES),), max_iterations=31, seed=1), toy_space(5))
+    assert moved["extra"]["run_key_parts"]["space"] != other["extra"]["run_key_parts"]["space"]
+
+    cfg = TrainConfig(encoder="static-aligned", finetune=False, epochs=2, batch_size=16, lr=0.0, head_lr=1e-2,
+                      evals_per_epoch=1, seed=2, threads=1)
+    static = run_static_tagger(exp, cfg, space)
+    assert (tmp_path / "runs" / "static_bilstm_crf-seed2" / "metrics.json").is_file()
+    assert static["extra"]["steps"] == len(static["extra"]["history"]) > 0 and static["seed"] == 2
+    static_path = tmp_path / "runs" / "static_bilstm_crf-seed2" / "metrics.json"
+    stamp = static_path.stat().st_mtime_ns
+    assert run_static_tagger(exp, cfg, space) == static and static_path.stat().st_mtime_ns == stamp
+
+    t3 = table3({"CRF": ("crf", [other, moved]), "Pipeline": ("pipeline", "not rebuilt: a reason"),
+                 "Static": ("word2vec", [static])}, {"crf": (0.5698, 0.2526, 0.35), "pipeline": (0.6, 0.3, 0.4)})
+    assert t3.model.tolist() == ["CRF", "Pipeline", "Static"]
+    crf_pd = [m["scores"]["peoples_daily_test"]["peoples_daily"]["strict"]["f1"] for m in (other, moved)]
+    assert t3.loc[0, "People's Daily F1"] == pytest.approx(round(sum(crf_pd) / 2, 4), abs=1e-4)
+    assert t3.loc[0, "paper F1"] == 0.35 and t3.loc[0, "seeds"] == "1 1"
+    assert t3.loc[1, "note"] == "not rebuilt: a reason" and t3.isna().loc[1, "People's Daily F1"]
+    assert t3.isna().loc[2, "paper F1"] and t3.isna().loc[2, "People's Daily F1 std"]

@@ -181,6 +181,27 @@ def version_differences(old_versions: Mapping[str, Any], new_versions: Mapping[s
             if old_versions.get(name, "not recorded") != v]
 
 
+def read_cached(path: Path, key: str, parts: Mapping[str, Any], *, fresh: bool = False,
+                checkpoint: Path | None = None) -> dict[str, Any] | None:
+    """The cached ``metrics.json`` at ``path`` when it can be read back (its run key is ``key`` and, with
+    ``checkpoint``, a checkpoint of that run is there), else None: absent, ``fresh``, or stale, which one
+    warning-level log line explains (:func:`key_differences`). A run read back that was made under other
+    package versions (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone:
+    a ``warnings.warn`` names each package and both versions (``fresh=True`` reruns it)."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text(encoding="utf-8"))
+    reason = "fresh=True" if fresh else _stale_reason(old, key, parts, checkpoint)
+    if reason is None:
+        diffs = version_differences(old.get("versions", {}), package_versions())
+        if diffs:
+            warnings.warn(f"{path}: read back a run made under other package versions ({'; '.join(diffs)}); "
+                          "it is not rerun for versions alone (fresh=True reruns it)", stacklevel=3)
+        return old
+    logger.warning("%s: rerunning the cached run: %s", path.parent.name, reason)
+    return None
+
+
 #: decodings scored beside the main one in every run (each switches one constraint off), for the change table
 DECODE_VARIANTS: dict[str, DecodeConfig] = {
     "no_target_labels": DecodeConfig(target_labels=False, links=True),
@@ -259,16 +280,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     streams = streams or Streams()
     parts = run_key_parts(variant, cfg, reference, corpora, evaluation, streams.inputs)
     key = run_key(parts)
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        reason = "fresh=True" if fresh else _stale_reason(old, key, parts, checkpoint)
-        if reason is None:
-            diffs = version_differences(old.get("versions", {}), package_versions())
-            if diffs:
-                warnings.warn(f"{path}: read back a run made under other package versions ({'; '.join(diffs)}); "
-                              "it is not rerun for versions alone (fresh=True reruns it)", stacklevel=2)
-            return old
-        logger.warning("%s: rerunning the cached run: %s", run_dir.name, reason)
+    cached = read_cached(path, key, parts, fresh=fresh, checkpoint=checkpoint)
+    if cached is not None:
+        return cached
     if complete is not None:
         corpora, built = complete()
         if built.inputs != streams.inputs:
@@ -371,6 +385,17 @@ def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] |
     if problems:
         raise ConfigError(problems)
     return out
+
+
+def config_on_features(params: Mapping[str, Any], prefix: str, exclude: Sequence[str] = ()) -> TrainConfig:
+    """A frozen-feature :class:`~xner_lib.train.TrainConfig` from the notebook parameters with ``prefix``
+    (``frozen_``: 03's frozen row and Table 3's static row; ``shared_``: Table 5's shared protocol), trained
+    where the fine-tuned runs train (``train_device``, ``train_precision``)."""
+    from .config import from_params
+
+    cfg = from_params(TrainConfig, params, prefix, exclude=list(exclude))
+    return replace(cfg, finetune=False, device=str(params.get("train_device", "cpu")),
+                   precision=str(params.get("train_precision", "auto")))
 
 
 def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
@@ -613,6 +638,14 @@ class Experiment:
         """Sentences and tokens of every set read, for a notebook to show."""
         return ({k: f"{len(v)} sentences, {v.n_tokens} tokens" for k, v in self.data.items()}
                 | {f"unlabelled {d.name}/{d.split}": f"{len(d)} sentences (text only)" for d in self.unlabelled})
+
+
+#: the notebook parameters :func:`experiment_from_params` reads (besides every ``decode_*``): notebooks that
+#: build an :class:`Experiment` declare them all, so that each builds the same one and reads back the
+#: others' runs instead of retraining them under another key (tests/test_config.py holds every profile to it)
+EXPERIMENT_PARAMS: tuple[str, ...] = ("profile", "data_dir", "results_root", "max_sentences", "encoder", "zh_units",
+                                      "compare_units", "snapshot_epoch", "save_checkpoints", "fresh",
+                                      "train_device", "train_precision")
 
 
 def experiment_from_params(params: Mapping[str, Any]) -> Experiment:

@@ -338,6 +338,45 @@ def plot_ablation(metrics: Iterable[dict], rows: Mapping[str, str], protocols: M
     return fig
 
 
+#: Table 3's sets: scores key, view, column label
+TABLE3_SETS: tuple[tuple[str, str, str], ...] = (
+    ("peoples_daily_test", "peoples_daily", "People's Daily"),
+    ("weibo_test", "weibo_nam", "Weibo (NAM)"),
+    ("conll_dev", "conll", "CoNLL dev"),
+)
+
+
+def table3(rows: Mapping[str, tuple[str, Sequence[dict] | str]],
+           paper: Mapping[str, tuple[float, float, float]]) -> pd.DataFrame:
+    """Table 3 (issue 12): per benchmark row, strict P, R and F1 (mean over seeds, F1's std beside) on each set
+    of :data:`TABLE3_SETS`, with the paper's People's Daily P / R / F1 beside ours.
+
+    ``rows`` maps a row label to ``(paper_key, runs)``: ``runs`` is the row's runs (``metrics.json`` records,
+    one per seed), or a string saying why the row is not rebuilt here (its cells stay empty, the reason in
+    ``note``). ``paper`` maps ``paper_key`` to the paper's (P, R, F1) (:data:`~xner_lib.paper.TABLE3`)."""
+    out = []
+    for label, (pkey, runs) in rows.items():
+        p = paper.get(pkey)
+        row: dict[str, object] = {"model": label, "paper P": p[0] if p else None, "paper R": p[1] if p else None,
+                                  "paper F1": p[2] if p else None}
+        if isinstance(runs, str):
+            row["note"] = runs
+            out.append(row)
+            continue
+        if not runs:
+            raise ValueError(f"Table 3 row {label!r}: no runs")
+        row["seeds"] = " ".join(str(m["seed"]) for m in sorted(runs, key=lambda m: m["seed"]))
+        for key, view, col in TABLE3_SETS:
+            strict = [m["scores"][key][view]["strict"] for m in runs]
+            row[f"{col} P"] = float(np.mean([s["precision"] for s in strict]))
+            row[f"{col} R"] = float(np.mean([s["recall"] for s in strict]))
+            row[f"{col} F1"] = float(np.mean([s["f1"] for s in strict]))
+            row[f"{col} F1 std"] = float(np.std([s["f1"] for s in strict], ddof=1)) if len(strict) > 1 else float("nan")
+        row["note"] = ""
+        out.append(row)
+    return pd.DataFrame(out).round(4)
+
+
 def timing_table(metrics: Iterable[dict]) -> pd.DataFrame:
     """Minutes per stage (training, then prediction per set) for every run."""
     rows = []
