@@ -1,0 +1,76 @@
+"""REPORT.md (notebook 06): tables gathered as written, the generated reading, compute per table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from xner_lib import report
+from xner_lib.report_file import compute_table, gather, paired_readings, parse_interval, verdict, write_report
+
+
+def _run(variant: str, seed: int, pd_f1: float, weibo_f1: float, train_s: float = 600.0) -> dict:
+    def s(f1: float) -> dict:
+        return {"strict": {"precision": f1, "recall": f1, "f1": f1}, "conlleval": {"f1": f1}}
+
+    return {"variant": variant, "seed": seed, "git": {"commit": "abcdef0123"},
+            "scores": {"peoples_daily_test": {"peoples_daily": s(pd_f1)}, "weibo_test": {"weibo_nam": s(weibo_f1)},
+                       "conll_dev": {"conll": s(0.9)}},
+            "extra": {"seconds": {"train": train_s, "predict_conll_dev": 60.0}}}
+
+
+def test_interval_cells_parse_and_verdicts_need_the_whole_interval_on_one_side() -> None:
+    assert parse_interval("[+0.0100, +0.0300]") == (0.01, 0.03)
+    assert parse_interval("[-0.0200, +0.0050]") == (-0.02, 0.005)
+    assert all(math.isnan(x) for x in parse_interval("[+nan, +nan]"))
+    assert all(math.isnan(x) for x in parse_interval(float("nan")))
+    assert verdict(0.001, 0.03) == "gain" and verdict(-0.03, -0.001) == "loss"
+    assert verdict(-0.01, 0.02) == "no difference shown" and verdict(0.0, 0.02) == "no difference shown"
+    assert verdict(math.nan, math.nan) == "no interval"
+
+
+def test_readings_come_from_the_paired_table_as_written() -> None:
+    runs = [_run("baseline", s, 0.50 + 0.01 * s, 0.40) for s in (1, 2, 3)]
+    runs += [_run("adv_att_pos", s, 0.55 + 0.01 * s + 0.001 * s * s, 0.40 + 0.01 * (s - 2)) for s in (1, 2, 3)]
+    table = report.change_table(runs, "baseline", {"full model": ("run", "adv_att_pos")})
+    lines = paired_readings(table, "change")
+    pd_line = next(r for r in lines if "People's Daily" in r)
+    assert pd_line.startswith("full model, People's Daily: +5.") and pd_line.endswith(": gain")
+    weibo_line = next(r for r in lines if "Weibo" in r)
+    assert weibo_line.startswith("full model, Weibo (NAM): +0.00 points") and weibo_line.endswith("no difference shown")
+    assert not any(r.startswith("reference") for r in lines)  # the reference row has no difference
+
+
+def test_compute_is_charged_to_each_tables_runs() -> None:
+    runs = [_run("baseline", 1, 0.5, 0.4, 600), _run("adv_att_pos", 1, 0.5, 0.4, 1200),
+            _run("shared-without_attention", 1, 0.5, 0.4, 120), _run("feature_crf", 1, 0.1, 0.1, 240)]
+    t = compute_table(runs).set_index("table")
+    assert t.loc["Table 4 and the baseline's changes (03)", "runs"] == 2
+    assert t.loc["Table 4 and the baseline's changes (03)", "minutes"] == pytest.approx((660 + 1260) / 60, abs=0.05)
+    assert t.loc["Table 5, shared protocol (04)", "minutes"] == 3.0
+    assert t.loc["Table 3, static rows (04)", "runs"] == 1
+    assert "Table 5, joint protocol (04)" not in t.index  # no run, no row
+
+
+def test_report_shows_written_tables_names_missing_ones_and_adds_no_number(tmp_path: Path) -> None:
+    runs = [_run("baseline", s, 0.50 + 0.01 * s, 0.40) for s in (1, 2)]
+    for r in runs:
+        path = tmp_path / "runs" / f"{r['variant']}-seed{r['seed']}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(r))
+    table = pd.DataFrame([{"model": "base", "dataset": "People's Daily test", "f1_mean": 0.515, "f1_std": 0.0071,
+                           "n_seeds": 2, "paper_f1": 0.4693}])
+    report.write_table(table, tmp_path / "tables", "table4")
+    path = write_report(tmp_path, "toy")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# xner: toy profile report")
+    assert "base, People's Daily test: ours 0.5150 ± 0.0071 (2 seeds) against the paper's 0.4693 (+4.57 points)" in text
+    assert "Table 5 (table5.csv, notebook 04_ablation)" in text and "Table 3 (table3.csv" in text
+    assert "## Table 4: the baseline and the paper's model, zero-shot" in text
+    assert "from 2 runs (made at commits abcdef01)" in text
+    g = gather(tmp_path)
+    assert set(g.tables) == {"table4"} and "table4" not in g.missing and len(g.runs) == 2

@@ -1,0 +1,201 @@
+"""``results/<profile>/REPORT.md``: every table and figure of a profile gathered, a reading generated from them,
+and the compute each table cost (issue 14; notebook 06).
+
+The report adds no number of its own: it reads the tables notebooks 01-05 wrote (``tables/*.csv``, each from
+runs whose run keys those notebooks checked), the figures they saved, 02's ``alignment/metrics.json`` and the
+runs' ``metrics.json`` (for minutes only), and says what it could not find. The reading is generated: each
+paired difference is called a gain only when its whole 95% interval lies above zero, a loss only when it
+lies below, and otherwise "no difference shown" (one seed: "no interval").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .evaluate import git_state
+from .files import write_atomic
+
+#: the tables a report shows, in order: file stem -> (title, the notebook that writes it)
+TABLES: dict[str, tuple[str, str]] = {
+    "table1": ("Table 1: the data sets", "01_data"),
+    "unit_ceiling": ("Unit ceiling: gold labels mapped to units and back", "01_data"),
+    "table4": ("Table 4: the baseline and the paper's model, zero-shot", "03_training"),
+    "table4_paired": ("Table 4, paired per seed against the baseline", "03_training"),
+    "baseline_changes": ("The baseline's changes, each paired against it", "03_training"),
+    "table5": ("Table 5: ablations of the full model, two protocols", "04_ablation"),
+    "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
+    "error_analysis": ("Errors by type over the test sets", "05_case_study"),
+}
+
+#: which runs each table's compute is charged to: table -> run-name patterns (regular expressions)
+COMPUTE: dict[str, tuple[str, ...]] = {
+    "Table 4 and the baseline's changes (03)": (r"baseline", r"no_misc_class", r"frozen", r"adv_att", r"adv_att_pos"),
+    "Table 5, joint protocol (04)": (r"without_[a-z_]+", r"u_from_alignment"),
+    "Table 5, shared protocol (04)": (r"shared-.+",),
+    "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
+}
+
+_CI = re.compile(r"\[\s*([+-]?(?:nan|[0-9.]+))\s*,\s*([+-]?(?:nan|[0-9.]+))\s*\]")
+
+
+def parse_interval(text: Any) -> tuple[float, float]:
+    """``(low, high)`` of a ``"[+0.0100, +0.0300]"`` cell written by :func:`~xner_lib.report.change_table`
+    (nan for an empty cell or a one-seed interval)."""
+    m = _CI.search(str(text)) if isinstance(text, str) else None
+    return (float(m.group(1)), float(m.group(2))) if m else (math.nan, math.nan)
+
+
+def verdict(low: float, high: float) -> str:
+    """``gain`` when the whole interval lies above 0, ``loss`` below, ``no difference shown`` across it and
+    ``no interval`` when there is none (one seed)."""
+    if math.isnan(low) or math.isnan(high):
+        return "no interval"
+    return "gain" if low > 0 else "loss" if high < 0 else "no difference shown"
+
+
+@dataclass
+class Gathered:
+    """What a profile's notebooks wrote: tables by stem, figure paths, 02's alignment scores, runs' metrics,
+    and the tables not found (with the notebook that writes each)."""
+
+    out: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    alignment: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def gather(out: str | Path) -> Gathered:
+    """Read ``results/<profile>`` (``out``): the tables of :data:`TABLES`, the figures, 02's alignment metrics
+    and every ``runs/*/metrics.json``. A table not there is listed in ``missing``, never invented."""
+    out = Path(out)
+    g = Gathered(out)
+    for stem, (_, notebook) in TABLES.items():
+        path = out / "tables" / f"{stem}.csv"
+        if path.is_file():
+            g.tables[stem] = pd.read_csv(path)
+        else:
+            g.missing[stem] = notebook
+    g.figures = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+    align = out / "alignment" / "metrics.json"
+    if align.is_file():
+        g.alignment = json.loads(align.read_text(encoding="utf-8"))
+    g.runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob("*/metrics.json"))]
+    return g
+
+
+def paired_readings(table: pd.DataFrame, label: str, protocols: Sequence[str] = ("",)) -> list[str]:
+    """One sentence per row and set of a paired table (:func:`~xner_lib.report.change_table` or
+    :func:`~xner_lib.report.ablation_table`): the mean difference in points, its 95% interval and the
+    :func:`verdict`. ``label`` is the column naming the row; ``protocols`` the column prefixes (Table 5's
+    ``joint``/``shared``; ``""`` for none)."""
+    out = []
+    for _, row in table.iterrows():
+        for protocol in protocols:
+            head = f"{protocol} " if protocol else ""
+            for col in table.columns:
+                if not (col.startswith(head) and col.endswith(" diff")) or pd.isna(row[col]):
+                    continue
+                dataset = col[len(head):-len(" diff")]
+                low, high = parse_interval(row.get(f"{head}{dataset} 95% CI"))
+                interval = "" if math.isnan(low) else f", 95% CI [{100 * low:+.2f}, {100 * high:+.2f}]"
+                out.append(f"{row[label]}{f' ({protocol})' if protocol else ''}, {dataset}: "
+                           f"{100 * float(row[col]):+.2f} points{interval}: {verdict(low, high)}")
+    return out
+
+
+def paper_readings(table4: pd.DataFrame) -> list[str]:
+    """Ours against the paper, per Table 4 row with a paper figure: mean (std, seeds) against the paper's F1."""
+    out = []
+    for _, row in table4.iterrows():
+        if pd.isna(row.get("paper_f1")):
+            continue
+        std = "" if pd.isna(row["f1_std"]) else f" ± {row['f1_std']:.4f}"
+        gap = 100 * (row["f1_mean"] - row["paper_f1"])
+        out.append(f"{row['model']}, {row['dataset']}: ours {row['f1_mean']:.4f}{std} ({int(row['n_seeds'])} seeds) "
+                   f"against the paper's {row['paper_f1']:.4f} ({gap:+.2f} points)")
+    return out
+
+
+def compute_table(runs: Iterable[Mapping[str, Any]], groups: Mapping[str, Sequence[str]] = COMPUTE) -> pd.DataFrame:
+    """Minutes each table's runs cost (training plus scoring, summed over runs, as each run recorded them):
+    one row per group of :data:`COMPUTE` that has runs, with the number of runs and the minutes of the
+    median run."""
+    rows = []
+    for label, patterns in groups.items():
+        rx = re.compile("|".join(f"(?:{p})" for p in patterns))
+        minutes = [sum(float(v) for v in r.get("extra", {}).get("seconds", {}).values()) / 60 for r in runs
+                   if rx.fullmatch(str(r["variant"]))]
+        if minutes:
+            rows.append({"table": label, "runs": len(minutes), "minutes": round(sum(minutes), 1),
+                         "median minutes a run": round(float(pd.Series(minutes).median()), 1)})
+    return pd.DataFrame(rows, columns=["table", "runs", "minutes", "median minutes a run"])
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False)
+
+
+def render(g: Gathered, profile: str) -> str:
+    """The text of REPORT.md for ``g`` (:func:`gather`)."""
+    git = git_state()
+    commits = sorted({r.get("git", {}).get("commit", "")[:8] for r in g.runs} - {""})
+    lines = [f"# xner: {profile} profile report", "",
+             f"Written by notebook 06 at commit {str(git.get('commit', ''))[:8]}"
+             f"{' (dirty tree)' if git.get('dirty') else ''}, from {len(g.runs)} runs (made at commits "
+             f"{', '.join(commits) or 'none'}) and the tables notebooks 01-05 wrote. Strict entity-level F1 "
+             "(seqeval, IOB2) throughout; WeiboNER on named mentions (NAM) unless said; every Chinese score is "
+             "zero-shot (trained on English CoNLL-2003 only, selected on CoNLL dev).", ""]
+    lines += ["## Reading", ""]
+    reading: list[str] = []
+    if "table4" in g.tables:
+        reading += paper_readings(g.tables["table4"])
+    if "table4_paired" in g.tables:
+        reading += paired_readings(g.tables["table4_paired"], "change")
+    if "baseline_changes" in g.tables:
+        reading += paired_readings(g.tables["baseline_changes"], "change")
+    if "table5" in g.tables:
+        reading += paired_readings(g.tables["table5"], "model", ("joint", "shared"))
+    lines += [f"- {r}" for r in reading] or ["- No table with results yet."]
+    lines += ["", "A paired difference is a gain or a loss only when its whole 95% t-interval over seeds lies on one "
+              "side of zero."]
+    if g.missing:
+        lines += ["", "Not yet made in this profile: " + "; ".join(
+            f"{TABLES[s][0].split(':')[0]} ({s}.csv, notebook {nb})" for s, nb in g.missing.items()) + "."]
+    for stem, df in g.tables.items():
+        lines += ["", f"## {TABLES[stem][0]}", "", _markdown(df)]
+    if g.alignment is not None:
+        sc = g.alignment.get("scores", {})
+        lines += ["", "## Word-level alignment (02)", "",
+                  f"Start chosen by the unsupervised criterion: {sc.get('chosen_start')} (criterion "
+                  f"{sc.get('criterion', float('nan')):.4f}); lexicon pairs: {sc.get('lexicon_pairs')}."]
+        after = (sc.get("precision") or {}).get("after")
+        if after:
+            lines += ["", "Translation precision on the sample dictionary after alignment:", "",
+                      _markdown(pd.DataFrame(after))]
+    compute = compute_table(g.runs)
+    if not compute.empty:
+        lines += ["", "## Compute", "", "Minutes as each run recorded them (training and scoring), on this "
+                  "profile's machine.", "", _markdown(compute)]
+    if g.figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{p.stem}](figures/{p.name})" for p in g.figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | Path, profile: str) -> Path:
+    """Gather ``out`` and write ``out/REPORT.md`` atomically; returns its path."""
+    g = gather(out)
+    path = Path(out) / "REPORT.md"
+    text = render(g, profile)
+    write_atomic(path, lambda fh: fh.write(text))
+    return path
