@@ -137,7 +137,13 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
     rebuilt = t3.note.isna() | (t3.note == "")
     assert rebuilt.tolist() == [True, False, True, False, True, True]
     assert t3.loc[rebuilt, "People's Daily F1"].notna().all() and t3.loc[~rebuilt, "People's Daily F1"].isna().all()
-    assert {"feature_crf-seed1", "static_bilstm_crf-seed1", "frozen-seed1"} <= {
+    few = pd.read_csv(res / "tables" / "few_shot.csv")
+    pairs = sorted(set(zip(few.model, few.sentences, strict=True)))
+    assert pairs == [("Baseline", 0), ("Baseline", 5), ("Full model", 0), ("Full model", 5)]
+    assert set(few.dataset) == {"Weibo (NAM)", "People's Daily"} and (few.n_seeds == 1).all()
+    assert (res / "figures" / "few_shot.png").is_file()
+    assert {"feature_crf-seed1", "static_bilstm_crf-seed1", "frozen-seed1", "shared-adv_att_pos-fs5-seed1",
+            "shared-baseline-fs5-seed1", "shared-baseline-seed1"} <= {
         m.parent.name for m in (res / "runs").glob("*/metrics.json")}
 
 

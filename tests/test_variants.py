@@ -282,3 +282,63 @@ def test_a_full_model_predicts_the_same_tags_after_save_and_reload(experiment: E
     loaded = Tagger.from_pretrained(tmp_path / "full")
     for name, tags in before.items():
         assert loaded.predict_dataset(experiment.data[name]) == tags, name
+
+
+# --- few-shot (issue 14, beyond the paper): labelled Chinese sentences as a stream of their own ---------------
+def test_few_shot_samples_are_nested_seeded_and_never_a_test_split(data_dir: Path) -> None:
+    from xner_lib.experiment import few_shot_sample
+    from xner_lib.objectives import FewShotConfig
+
+    dev = load("peoples_daily/dev.txt", data_dir, max_sentences=200)
+    s10, s50 = few_shot_sample(dev, 10, 0), few_shot_sample(dev, 50, 0)
+    assert [x.tokens for x in s50.sentences[:10]] == [x.tokens for x in s10.sentences]
+    assert [x.tokens for x in few_shot_sample(dev, 10, 0).sentences] == [x.tokens for x in s10.sentences]
+    assert [x.tokens for x in few_shot_sample(dev, 10, 1).sentences] != [x.tokens for x in s10.sentences]
+    drawn = [next(i for i, d in enumerate(dev.sentences) if d is x) for x in s50.sentences]
+    assert len(set(drawn)) == 50 and drawn != sorted(drawn)  # 50 distinct dev sentences, shuffled
+    with pytest.raises(ValueError, match="outside 0..200"):
+        few_shot_sample(dev, 201, 0)
+    with pytest.raises(ValueError, match="test split"):
+        FewShotConfig(size=10, source="peoples_daily/test.txt")
+    with pytest.raises(ConfigError, match="unknown key 'sise'"):
+        _base(few_shot={"sise": 10})
+    assert _base(few_shot={"size": 0}).few_shot_config is None
+
+
+def test_few_shot_variants_alias_size_zero_and_keep_the_plain_key() -> None:
+    from xner_lib.experiment import few_shot_variants
+
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    fs = few_shot_variants(variants, ["baseline", "adv_att_pos"], [0, 10], {"batch_size": 4})
+    assert list(fs) == ["baseline", "baseline-fs0", "baseline-fs10", "adv_att_pos", "adv_att_pos-fs0",
+                        "adv_att_pos-fs10"]
+    assert fs["baseline-fs0"] == "baseline" and fs["baseline"] == variants["baseline"]
+    ten = fs["adv_att_pos-fs10"]
+    assert isinstance(ten, TrainConfig) and ten.few_shot == {"batch_size": 4, "size": 10}
+    assert ten.few_shot_config is not None and ten.few_shot_config.batch_size == 4
+    assert "few_shot" not in key_config(variants["baseline"])  # the plain runs keep their keys
+    with pytest.raises(ValueError, match="own block"):
+        few_shot_variants(variants, ["without_position"], [10], {})
+
+
+def test_few_shot_sentences_train_as_their_own_stream_and_key_the_run(experiment: Experiment) -> None:
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    from xner_lib.experiment import few_shot_variants
+
+    fs = few_shot_variants(variants, ["baseline", "adv_att_pos"], [0, 6], {"batch_size": 3, "every": 1})
+    metrics = experiment.run_all(fs, [1], only=["baseline-fs0", "baseline-fs6", "adv_att_pos-fs6"])
+    plain, six, full6 = metrics
+    assert plain["extra"]["same_as"] == "baseline" and "few_shot" not in plain["extra"]["run_key_parts"].get(
+        "inputs", {})
+    inputs = six["extra"]["run_key_parts"]["inputs"]["few_shot"]
+    assert inputs["sentences"] == 6 and inputs["file"] is None and len(inputs["content_sha256"]) == 64
+    assert six["extra"]["streams"]["few_shot"]["sentences"] == 6
+    losses = [h for h in six["extra"]["history"] if "loss_few_shot" in h]
+    assert len(losses) == len(six["extra"]["history"]) > 0  # every step (every: 1)
+    assert six["extra"]["label_counts"]["few_shot.entities"] == six["extra"]["streams"]["few_shot"]["entities"]
+    assert six["extra"]["run_key"] != plain["extra"]["run_key"]
+    assert all("loss_few_shot" in h for h in full6["extra"]["history"])  # with the teacher's features too
+    cfg = replace(fs["baseline-fs6"], seed=1)  # type: ignore[arg-type]
+    corpora = experiment.corpora(frozen=False)
+    with pytest.raises(ValueError, match="few_shot"):
+        train(cfg, experiment.encoder, corpora.conll_train, corpora.conll_dev, progress=False)

@@ -32,6 +32,7 @@ from .device import mixed_precision, placed, resolve_device
 from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
+from .objectives import FewShotConfig
 from .tagger import Tagger, Teacher, load_checkpoint, predict_many, save_checkpoint
 from .train import TrainConfig, key_config, train
 
@@ -65,13 +66,15 @@ class Corpora:
 class Streams:
     """What a run of the paper's model reads besides :class:`Corpora` (all None for the baseline): the frozen
     ``teacher`` and the ``rendered`` CoNLL pairs of the transfer, the unlabelled Chinese ``target`` and the
-    initial ``mapping`` ``U`` of the adversarial loss. ``inputs`` joins the run key (:func:`run_key_parts`);
+    initial ``mapping`` ``U`` of the adversarial loss; the labelled Chinese ``few_shot`` sentences (beyond the
+    paper). ``inputs`` joins the run key (:func:`run_key_parts`);
     ``summary`` (coverage, sizes) goes to ``metrics.json``."""
 
     teacher: Teacher | None = None
     rendered: Prepared | None = None
     target: Prepared | None = None
     mapping: Tensor | None = None
+    few_shot: Prepared | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -297,7 +300,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                              "encoder the corpora were prepared with): load the same encoder in both")
     result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress,
                    snapshot_epoch=snapshot_epoch, rendered=streams.rendered, target=streams.target,
-                   teacher=streams.teacher, mapping=streams.mapping)
+                   teacher=streams.teacher, mapping=streams.mapping, few_shot=streams.few_shot)
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
@@ -384,6 +387,38 @@ def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] |
             problems.append(f"variant '{name}': {err}")
     if problems:
         raise ConfigError(problems)
+    return out
+
+
+def few_shot_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
+    """The first ``size`` sentences of a fixed permutation (``random.Random(seed)``) of ``dataset``, in that
+    order: a larger sample holds every smaller one, so a few-shot curve adds sentences rather than redrawing.
+    Its path is not a file, so its run-key identity is its content (:func:`data_identity`)."""
+    import random
+
+    if not 0 <= size <= len(dataset):
+        raise ValueError(f"few_shot: size {size} outside 0..{len(dataset)} ({dataset.path})")
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    sentences = [dataset.sentences[i] for i in order[:size]]
+    return Dataset(dataset.name, dataset.split, dataset.format, Path(f"{dataset.path}#few_shot-{size}-{seed}"),
+                   sentences)
+
+
+def few_shot_variants(variants: Mapping[str, TrainConfig | str], names: Sequence[str], sizes: Sequence[int],
+                      section: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
+    """The few-shot curve's variants (issue 14): for each of ``names`` (variants of ``variants`` with their own
+    block) and each size of ``sizes``, ``<name>-fs<size>``: that variant with the ``few_shot`` section
+    ``section`` of that size. Size 0 names the variant itself (its runs are shared, relabelled). The
+    variants themselves are included, so the aliases resolve."""
+    out: dict[str, TrainConfig | str] = {}
+    for name in names:
+        cfg = variants.get(name)
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"few-shot variant {name!r} is not a variant with its own block")
+        out[name] = cfg
+        for n in sizes:
+            out[f"{name}-fs{n}"] = name if n == 0 else replace(cfg, few_shot={**section, "size": int(n)})
     return out
 
 
@@ -526,7 +561,20 @@ class Experiment:
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: no map to start U from (notebook 02 writes it)")
                 out["mapping"] = sha256_cached(path)
+        fs = cfg.few_shot_config
+        if fs is not None:
+            out["few_shot"] = data_identity(self.few_shot_sample(fs))
         return out
+
+    def few_shot_sample(self, fs: FewShotConfig) -> Dataset:
+        """The labelled Chinese sentences of ``fs`` (:func:`few_shot_sample` of its ``source``, which must be one
+        of the sets this experiment reads as unlabelled text, :data:`UNLABELLED_SETS`: their labels are read
+        here and nowhere else)."""
+        for d in self.unlabelled:
+            if Path(d.path).as_posix().endswith(fs.source):
+                return few_shot_sample(d, fs.size, fs.sample_seed)
+        raise ValueError(f"few_shot.source {fs.source!r} is none of the sets this experiment reads "
+                         f"({', '.join(UNLABELLED_SETS)})")
 
     def streams(self, cfg: TrainConfig, corpora: Corpora, teacher: tuple[Path, dict[str, Any]] | None,
                 frozen: bool) -> tuple[Corpora, Streams]:
@@ -559,6 +607,16 @@ class Experiment:
             if adv.map_init == "alignment":
                 streams.mapping = torch.from_numpy(np.load(self.out / "alignment" / "mapping.npy")).float()
             streams.summary["unlabelled_sentences"] = len(streams.target.encoded)
+        fs = cfg.few_shot_config
+        if fs is not None:
+            sample = self.few_shot_sample(fs)
+            streams.few_shot = self._prepare(f"few_shot-{data_identity(sample)['content_sha256'][:16]}", sample, frozen)
+            if streams.teacher is not None:
+                name = f"few_shot-{fs.size}-{fs.sample_seed}"
+                streams.few_shot = replace(streams.few_shot,
+                                           teacher=self._teacher_features(streams.teacher, name, sample))
+            streams.summary["few_shot"] = {"sentences": len(sample), "tokens": sample.n_tokens,
+                                           "entities": sum(sample.entity_counts().values())}
         return corpora, streams
 
     # -- runs ----------------------------------------------------------------------------------------------

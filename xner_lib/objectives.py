@@ -91,9 +91,32 @@ class TransferConfig:
             raise ValueError(f"transfer: rendered_weight >= 0, rendered_batch_size and every >= 1 required: {self}")
 
 
+@dataclass
+class FewShotConfig:
+    """Labelled Chinese sentences added to training (issue 14, beyond the paper; ``TrainConfig.few_shot``).
+
+    The first ``size`` sentences of a fixed permutation (``sample_seed``) of ``source`` (a labelled corpus file
+    that is never a test split; default People's Daily dev), so a larger sample holds every smaller one. They
+    form a stream of their own: ``batch_size`` of them every ``every``-th step, their CRF loss (eq. 11) added
+    with ``weight``. Selection stays on CoNLL dev: no Chinese label chooses anything."""
+
+    size: int = 0
+    source: str = "peoples_daily/dev.txt"
+    sample_seed: int = 0
+    batch_size: int = 8
+    every: int = 1
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.batch_size < 1 or self.every < 1 or self.weight < 0:
+            raise ValueError(f"few_shot: size >= 0, batch_size and every >= 1, weight >= 0 required: {self}")
+        if self.source.replace("\\", "/").rsplit("/", 1)[-1].startswith("test"):
+            raise ValueError(f"few_shot: the labelled sentences must not come from a test split, got {self.source!r}")
+
+
 def parse_section(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    """A config section (``TrainConfig.adversarial``, ``.transfer``) as its dataclass; None when empty
-    (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError` with a suggestion."""
+    """A config section (``TrainConfig.adversarial``, ``.transfer``, ``.few_shot``) as its dataclass; None when
+    empty (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError` with a suggestion."""
     if not values:
         return None
     known = {f.name for f in fields(cls)}

@@ -377,6 +377,51 @@ def table3(rows: Mapping[str, tuple[str, Sequence[dict] | str]],
     return pd.DataFrame(out).round(4)
 
 
+def few_shot_frame(metrics: Iterable[dict], names: Mapping[str, str], sizes: Sequence[int],
+                   prefix: str = "") -> pd.DataFrame:
+    """The few-shot curve (issue 14) in long form: one row per (model, sentences added, seed, set) with strict
+    P, R and F1 on the Chinese test sets (:data:`TABLE5_SETS`). ``names`` maps a variant to its label; runs
+    are named ``<prefix><variant>-fs<size>`` (:func:`~xner_lib.experiment.few_shot_variants`)."""
+    rows = []
+    for m in metrics:
+        for variant, label in names.items():
+            for n in sizes:
+                if m["variant"] != f"{prefix}{variant}-fs{n}":
+                    continue
+                for key, view, col, _ in TABLE5_SETS:
+                    s = m["scores"][key][view]["strict"]
+                    rows.append({"model": label, "sentences": int(n), "seed": m["seed"], "dataset": col,
+                                 "precision": s["precision"], "recall": s["recall"], "f1": s["f1"]})
+    return pd.DataFrame(rows, columns=["model", "sentences", "seed", "dataset", "precision", "recall", "f1"])
+
+
+def few_shot_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Strict F1 mean and std over seeds per model, sentences added and Chinese test set (:func:`few_shot_frame`)."""
+    if frame.empty:
+        raise ValueError("no few-shot run to tabulate")
+    g = frame.groupby(["model", "dataset", "sentences"], sort=False).f1
+    out = pd.DataFrame({"f1_mean": g.mean(), "f1_std": g.std(ddof=1), "n_seeds": g.size()}).reset_index()
+    return out.round(4)
+
+
+def plot_few_shot(frame: pd.DataFrame) -> plt.Figure:
+    """F1 against the labelled Chinese sentences added (symmetric-log axis), each seed a dot and the mean a
+    line, one panel per Chinese test set (:func:`few_shot_frame`)."""
+    sets = list(dict.fromkeys(frame.dataset))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], sets, strict=True):
+        sub = frame[frame.dataset == dataset]
+        for model, grp in sub.groupby("model", sort=False):
+            mean = grp.groupby("sentences").f1.mean()
+            line = ax.plot(mean.index, mean.values, marker="o", label=model)[0]
+            ax.scatter(grp.sentences, grp.f1, s=12, alpha=0.5, color=line.get_color())
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set(title=dataset, xlabel="labelled Chinese sentences added", ylabel="strict F1")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def timing_table(metrics: Iterable[dict]) -> pd.DataFrame:
     """Minutes per stage (training, then prediction per set) for every run."""
     rows = []

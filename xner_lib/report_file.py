@@ -32,6 +32,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "baseline_changes": ("The baseline's changes, each paired against it", "03_training"),
     "table5": ("Table 5: ablations of the full model, two protocols", "04_ablation"),
     "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
+    "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
     "error_analysis": ("Errors by type over the test sets", "05_case_study"),
 }
 
@@ -39,8 +40,9 @@ TABLES: dict[str, tuple[str, str]] = {
 COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 4 and the baseline's changes (03)": (r"baseline", r"no_misc_class", r"frozen", r"adv_att", r"adv_att_pos"),
     "Table 5, joint protocol (04)": (r"without_[a-z_]+", r"u_from_alignment"),
-    "Table 5, shared protocol (04)": (r"shared-.+",),
+    "Table 5, shared protocol (04)": (r"shared-(?!.*-fs[0-9]+$).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
+    "Few-shot curve (04)": (r"(shared-)?[a-z_]+-fs[0-9]+",),
 }
 
 _CI = re.compile(r"\[\s*([+-]?(?:nan|[0-9.]+))\s*,\s*([+-]?(?:nan|[0-9.]+))\s*\]")

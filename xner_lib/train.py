@@ -51,7 +51,7 @@ from .device import (
 from .encoders import Encoder
 from .evaluate import score
 from .model import HeadConfig
-from .objectives import AdversarialConfig, Adversary, TransferConfig, parse_section, sample_units
+from .objectives import AdversarialConfig, Adversary, FewShotConfig, TransferConfig, parse_section, sample_units
 from .progress import progress as progress_bar
 from .tagger import Tagger, Teacher, build_tagger, predict
 from .units import UnitTagCounts
@@ -80,6 +80,8 @@ class TrainConfig:
     :class:`~xner_lib.model.HeadConfig`); ``adversarial`` (:class:`~xner_lib.objectives.AdversarialConfig`,
     eqs 4-7 inside training) and ``transfer`` (:class:`~xner_lib.objectives.TransferConfig`, the
     reverse-attention transfer) are off when empty. A variant is a block of these settings in a profile.
+    ``few_shot`` (:class:`~xner_lib.objectives.FewShotConfig`, beyond the paper) adds labelled Chinese
+    sentences as a stream of their own; off when empty or of size 0.
 
     Device (issue 16; :mod:`~xner_lib.device`): ``device`` is ``cpu`` (the default: every run before it was made
     on the CPU), ``auto`` (a CUDA GPU when there is one), ``cuda`` or ``cuda:N``; ``precision`` is ``auto``
@@ -107,6 +109,7 @@ class TrainConfig:
     head: dict[str, Any] = field(default_factory=dict)
     adversarial: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
+    few_shot: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "auto"
 
@@ -122,6 +125,7 @@ class TrainConfig:
                                f"{did_you_mean(k, head_fields)}" for k in unknown])
         self.adversarial_config  # noqa: B018 (validates the section)
         self.transfer_config  # noqa: B018
+        self.few_shot_config  # noqa: B018
         if "teacher_dim" in self.head:
             raise ValueError("head.teacher_dim comes from the teacher (the transfer section); do not set it")
         if self.patience is not None and self.patience < 1:
@@ -138,12 +142,18 @@ class TrainConfig:
         """The ``transfer`` section as :class:`~xner_lib.objectives.TransferConfig` (None: off)."""
         return parse_section(TransferConfig, self.transfer, "TrainConfig.transfer")
 
+    @property
+    def few_shot_config(self) -> FewShotConfig | None:
+        """The ``few_shot`` section as :class:`~xner_lib.objectives.FewShotConfig` (None: off, or size 0)."""
+        cfg = parse_section(FewShotConfig, self.few_shot, "TrainConfig.few_shot")
+        return cfg if cfg is not None and cfg.size > 0 else None
+
 
 #: Fields added to :class:`TrainConfig` after method version 2, with the value that reproduces the code before
 #: them. A run key leaves such a field out while it holds that value (:func:`key_config`), so adding a field
 #: does not orphan the runs made before it; any other value is part of the key.
 #: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
-KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "device": "cpu", "precision": "auto"}
+KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "device": "cpu", "precision": "auto"}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -221,10 +231,22 @@ def _labels(ids: Sequence[Sequence[int]], batch: Sequence[int], shape: torch.Siz
     return y
 
 
+def _stream_loss(tagger: Tagger, data: Prepared, ids: Sequence[Sequence[int]], batch: list[int], amp: Any,
+                 device: torch.device) -> Tensor:
+    """The CRF loss (eq. 11) of sentences ``batch`` of a labelled stream other than CoNLL train (the rendered
+    pairs, the few-shot Chinese sentences), with their teacher's features when they have them."""
+    with amp.autocast():
+        feats, mask = tagger.features([data.encoded[i] for i in batch], [data.cached[i] for i in batch]
+                                      if data.cached is not None else None, data.dataset.language)
+        return tagger.head.loss(feats, mask, to_device(_labels(ids, batch, mask.shape), device),
+                                teacher=to_device(data.batch_teacher(batch), device))
+
+
 def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Prepared, *,
           progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
           snapshot_epoch: float | None = None, rendered: Prepared | None = None, target: Prepared | None = None,
-          teacher: Teacher | None = None, mapping: Tensor | None = None) -> TrainResult:
+          teacher: Teacher | None = None, mapping: Tensor | None = None,
+          few_shot: Prepared | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
     ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood (eq. 11) plus the named losses the
     config switches on (module docstring).
@@ -233,7 +255,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     ``train_data.teacher``, ``dev_data.teacher`` and ``rendered.teacher``) and, when ``rendered_weight > 0``,
     ``rendered``: the Chinese renderings of CoNLL train with projected labels; with ``cfg.adversarial``,
     ``target``: unlabelled Chinese sentences (their tags are never read) and ``mapping``: the initial ``U``
-    (None: the identity).
+    (None: the identity). With ``cfg.few_shot``, ``few_shot``: the labelled Chinese sentences it adds (with the
+    teacher's features when the variant transfers).
 
     CoNLL dev is evaluated at steps ``round(k * steps_per_epoch / evals_per_epoch)`` (so epoch boundaries are
     evaluation points) and at the last step. A run trained without some CoNLL type (``misc_class=False``) is
@@ -260,6 +283,12 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         raise ValueError("rendered pairs go with the transfer section")
     if mapping is not None and adv is None:
         raise ValueError("an initial map U goes with the adversarial section")
+    fs = cfg.few_shot_config
+    if (fs is None) != (few_shot is None):
+        raise ValueError("labelled Chinese sentences (few_shot) go with a few_shot section of size > 0, and only "
+                         "with it")
+    if fs is not None and few_shot is not None and tra is not None and few_shot.teacher is None:
+        raise ValueError("transfer: the teacher's features are missing from few_shot")
     device = resolve_device(cfg.device)  # fails at once, with one message, for a GPU this machine lacks
     amp = mixed_precision(device, cfg.precision)
     if cfg.threads:
@@ -274,7 +303,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                                     freeze_layers=cfg.freeze_layers, mapping=init_map), device)
     tagger.teacher = teacher
     adversary = Adversary(adv, encoder.hidden_size, cfg.seed, device=device) if adv is not None else None
-    for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target)):
+    for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target),
+                       ("few_shot", few_shot)):
         if data is None:
             continue
         if cfg.finetune and data.cached is not None:
@@ -288,10 +318,16 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     rendered_ids = (label_ids(rendered.encoded, [s.tags for s in rendered.dataset.sentences], labels,
                               counts=rendered_counts) if rendered is not None else None)
     label_counts.update({f"rendered.{k}": v for k, v in rendered_counts.items()})
+    few_counts = UnitTagCounts()
+    few_ids = (label_ids(few_shot.encoded, [s.tags for s in few_shot.dataset.sentences], labels, counts=few_counts)
+               if few_shot is not None else None)
+    label_counts.update({f"few_shot.{k}": v for k, v in few_counts.items()})
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
     rendered_batches = (_cycle([len(e.input_ids) for e in rendered.encoded], tra.rendered_batch_size,
                                random.Random(f"{cfg.seed}-rendered")) if rendered is not None and tra else None)
+    few_batches = (_cycle([len(e.input_ids) for e in few_shot.encoded], fs.batch_size,
+                          random.Random(f"{cfg.seed}-few_shot")) if few_shot is not None and fs else None)
     target_batches = (_cycle([len(e.input_ids) for e in target.encoded], adv.batch_size,
                              random.Random(f"{cfg.seed}-target")) if target is not None and adv else None)
     n_epochs = math.ceil(cfg.epochs)
@@ -326,14 +362,15 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
             row: dict[str, float] = {}
             if rendered_batches is not None and tra is not None and step % tra.every == 0:
                 assert rendered is not None and rendered_ids is not None
-                rb = next(rendered_batches)  # Chinese renderings of CoNLL sentences, with the original's teacher
-                with amp.autocast():
-                    rf, rm = tagger.features([rendered.encoded[i] for i in rb], [rendered.cached[i] for i in rb]
-                                             if rendered.cached is not None else None, rendered.dataset.language)
-                    r_loss = tagger.head.loss(rf, rm, to_device(_labels(rendered_ids, rb, rm.shape), device),
-                                              teacher=to_device(rendered.batch_teacher(rb), device))
+                # Chinese renderings of CoNLL sentences, with the original's teacher
+                r_loss = _stream_loss(tagger, rendered, rendered_ids, next(rendered_batches), amp, device)
                 row["loss_rendered"] = float(r_loss.detach())
                 loss = loss + tra.rendered_weight * r_loss
+            if few_batches is not None and fs is not None and step % fs.every == 0:
+                assert few_shot is not None and few_ids is not None
+                f_loss = _stream_loss(tagger, few_shot, few_ids, next(few_batches), amp, device)
+                row["loss_few_shot"] = float(f_loss.detach())
+                loss = loss + fs.weight * f_loss
             if target_batches is not None and adversary is not None and adv is not None and step % adv.every == 0:
                 assert target is not None
                 tb = next(target_batches)  # unlabelled Chinese: eqs 4-5 for D, then eqs 6-7 for U and the encoder
