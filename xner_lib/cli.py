@@ -266,6 +266,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    try:
+        params = _checked_profile(argparse.Namespace(profile=args.profile, notebooks=None, param=[]))
+    except (ConfigError, FileNotFoundError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    config = BenchConfig(steps=args.steps, variants=tuple(args.variants), peer_steps=args.peer_steps,
+                         extraction_sentences=args.sentences, inference_sentences=args.sentences)
+    run_bench(params, config, teacher_dir=Path(args.teacher) if args.teacher else None,
+              out=Path(args.out) if args.out else None)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xner_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -331,6 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
     ev.add_argument("--device", default="auto", help=device_help)
     ev.set_defaults(func=_evaluate)
+    bn = sub.add_parser("bench", help="measure this machine's matmul limit, feature extraction, fine-tuning steps per "
+                        "variant, inference and a Hugging Face Trainer peer; print a line each and append to "
+                        "results/<profile>/bench.json")
+    bn.add_argument("--profile", default="cpu", help="a profile name (smoke, cpu, paper) or a YAML path")
+    bn.add_argument("--steps", type=int, default=20, help="fine-tuning steps timed per variant (at least 2)")
+    bn.add_argument("--variants", nargs="+", default=["baseline", "adv_att_pos"])
+    bn.add_argument("--sentences", type=_positive, default=512, help="sentences for extraction and inference")
+    bn.add_argument("--peer-steps", type=int, default=200, help="steps of the Hugging Face peer (0: skip it)")
+    bn.add_argument("--teacher", default=None, metavar="DIR",
+                    help="a saved baseline for the transfer variants (default: checkpoints/baseline-seed1)")
+    bn.add_argument("--out", default=None, metavar="DIR", help="where bench.json goes (default: results/<profile>)")
+    bn.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,60 @@
+"""The bench (issue 15): FLOP counting, the peer's label alignment, and a smoke run appending to bench.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xner_lib.bench import BenchConfig, _peer_features, encoder_flops, matmul_gflops, run_bench
+from xner_lib.config import load_profile
+from xner_lib.encoders import load_encoder
+
+
+def test_encoder_flops_count_layer_weights_and_attention_at_the_real_lengths() -> None:
+    enc = load_encoder("tiny-random-bert")
+    layers = enc.model.encoder.layer
+    weights = sum(p.numel() for p in layers.parameters() if p.dim() > 1)
+    h, n_layers = enc.model.config.hidden_size, len(layers)
+    assert encoder_flops(enc.model, [5]) == 2 * weights * 5 + 4 * n_layers * 25 * h
+    assert encoder_flops(enc.model, [5, 7]) == encoder_flops(enc.model, [5]) + encoder_flops(enc.model, [7])
+    assert weights < sum(p.numel() for p in enc.model.parameters())  # embeddings are a lookup, not counted
+
+
+def test_the_peer_labels_the_first_piece_of_each_word_only() -> None:
+    enc = load_encoder("tiny-random-bert")
+    words = ["Washington", "visited", "Xyzzyqwerty"]
+    rows, word_ids = _peer_features(enc.tokenizer, [words], [["B-LOC", "O", "B-PER"]],
+                                    {"O": 0, "B-LOC": 1, "B-PER": 2}, 64)
+    wid, labels = word_ids[0], rows[0]["labels"]
+    assert len(labels) == len(rows[0]["input_ids"]) == len(wid)
+    firsts = [p for p, w in enumerate(wid) if w is not None and (p == 0 or wid[p - 1] != w)]
+    assert [labels[p] for p in firsts] == [1, 0, 2]
+    assert all(labels[p] == -100 for p in range(len(wid)) if p not in firsts)
+
+
+def test_matmul_limit_is_a_positive_rate_and_one_timed_step_is_refused() -> None:
+    assert 0 < matmul_gflops(128, seconds=0.05) < 1e5
+    with pytest.raises(ValueError, match="steps >= 2"):
+        BenchConfig(steps=1)
+
+
+@pytest.mark.slow
+def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, data_dir: Path) -> None:
+    params = load_profile("smoke") | {"data_dir": str(data_dir)}
+    config = BenchConfig(matmul_size=128, extraction_sentences=8, inference_sentences=8, steps=2,
+                         variants=("baseline", "adv_att_pos"), peer_steps=2)
+    lines: list[str] = []
+    first = run_bench(params, config, out=tmp_path, log=lines.append)
+    assert first["extraction"]["tokens"] > 0 and 0 < first["extraction"]["share_of_limit"]
+    assert [r["variant"] for r in first["training"]] == ["baseline"]
+    assert first["training_skipped"] == {"adv_att_pos": "no saved baseline to be its teacher"}
+    assert first["inference"]["sentences"] == 8 and first["peer"]["steps"] == 2
+    assert set(first["peer"]["scores"]) == {"peoples_daily_test", "weibo_test"}
+    assert first["git"]["commit"] and first["versions"]["torch"]
+    assert any(line.startswith("peer (HF Trainer)") for line in lines)
+    run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
+                                  variants=("baseline",), peer_steps=0), out=tmp_path, log=lines.append)
+    history = json.loads((tmp_path / "bench.json").read_text())
+    assert len(history) == 2 and "peer" not in history[1]

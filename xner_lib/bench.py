@@ -1,0 +1,327 @@
+"""How fast the pipeline runs on this machine, against its own limit and against a Hugging Face peer (issue 15).
+
+:func:`run_bench` measures, in one process, with the profile's encoder and data:
+
+* **the limit**: fp32 matrix-multiply GFLOP/s at the thread count in use (:func:`matmul_gflops`);
+* **feature extraction**: tokens/s of the frozen encoder over the first CoNLL train sentences (tokenising,
+  windowing and pooling included, no cache), and the FLOP/s it achieves (:func:`encoder_flops`: the encoder
+  layers' multiply-adds at the real sequence lengths) as a share of the limit;
+* **fine-tuning**: seconds per step and sentences/s of each variant asked for (the loop's own clock);
+* **inference**: sentences/s of a trained tagger decoding People's Daily test sentences;
+* **the peer**: ``BertForTokenClassification`` over the same encoder weights fine-tuned by the Hugging Face
+  ``Trainer`` on the same CoNLL sentences, batch and CPU for a fixed number of steps (the first sub-word of
+  each word carries its label, as ``run_ner.py`` does): its steps/s, wall time and zero-shot strict F1 on
+  People's Daily and WeiboNER, scored by :func:`~xner_lib.evaluate.score_dataset` exactly as ours are;
+* the process's peak resident memory after each stage (``ru_maxrss``: a running maximum).
+
+Every figure is a measurement of this run; ``bench.json`` keeps the history of runs (each with its git commit
+and package versions) so a change can be judged before and after. Run it alone: a second CPU-heavy job halves
+every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import Dataset
+from .encoders import Encoder, load_encoder
+from .evaluate import git_state, package_versions, primary_view, score_dataset
+from .files import write_atomic
+
+
+@dataclass
+class BenchConfig:
+    """What :func:`run_bench` measures and how much: ``matmul_size`` (square matrices of the limit),
+    ``extraction_sentences`` and ``inference_sentences`` (the first of CoNLL train and People's Daily test),
+    ``steps`` (at least 2) of each of ``variants`` (fine-tuning), ``peer_steps`` of the Hugging Face peer
+    (0: skip it)."""
+
+    matmul_size: int = 1024
+    extraction_sentences: int = 512
+    inference_sentences: int = 512
+    steps: int = 20
+    variants: tuple[str, ...] = ("baseline", "adv_att_pos")
+    peer_steps: int = 200
+
+    def __post_init__(self) -> None:
+        self.variants = tuple(self.variants)
+        if min(self.matmul_size, self.extraction_sentences, self.inference_sentences) < 1 or self.peer_steps < 0 \
+                or self.steps < 2:
+            raise ValueError(f"bench sizes must be positive, steps >= 2 (a step is timed from the one before it), "
+                             f"peer_steps >= 0: {self}")
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size so far, in MiB (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+    """fp32 ``size x size`` matrix-multiply throughput in GFLOP/s (``2 size^3`` FLOPs a product) at the current
+    thread count, best of repeated timed blocks over about ``seconds`` (after one warm-up product)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        dt = time.perf_counter() - t0
+        spent += dt
+        best = max(best, 4 * 2 * size**3 / dt / 1e9)
+    return best
+
+
+def encoder_flops(model: torch.nn.Module, lengths: Sequence[int]) -> float:
+    """Forward FLOPs of a BERT-style encoder over sequences of ``lengths`` (sub-word pieces, special tokens
+    included): ``2 * P * L`` for the encoder layers' weights (``P`` of them, embeddings excluded: a lookup) and
+    ``4 * layers * L^2 * hidden`` for the attention products (``QK^T`` and ``AV``) of each sequence."""
+    cfg = model.config
+    layers = model.encoder.layer
+    weights = sum(p.numel() for p in layers.parameters() if p.dim() > 1)
+    return float(sum(2 * weights * n + 4 * len(layers) * n * n * cfg.hidden_size for n in lengths))
+
+
+def bench_extraction(encoder: Encoder, dataset: Dataset, limit_gflops: float) -> dict[str, Any]:
+    """Frozen-encoder unit features of ``dataset`` through the project's own path (no cache: a fresh temporary
+    directory): tokens/s, sentences/s, and the achieved GFLOP/s (:func:`encoder_flops` over the pieces each
+    window fed) against ``limit_gflops``."""
+    from .features import cached_unit_features
+    from .units import encode_sentences
+
+    encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units="token")
+    pieces = [len(e.input_ids) + 2 for e in encoded]  # [CLS] and [SEP]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
+        seconds = time.perf_counter() - t0
+    gflops = encoder_flops(encoder.model, pieces) / seconds / 1e9
+    return {"sentences": len(dataset), "tokens": dataset.n_tokens, "pieces": sum(pieces), "seconds": seconds,
+            "tokens_per_s": dataset.n_tokens / seconds, "sentences_per_s": len(dataset) / seconds,
+            "gflops": gflops, "share_of_limit": gflops / limit_gflops, "peak_rss_mib": peak_rss_mib()}
+
+
+def bench_training(exp: Any, variants: Mapping[str, Any], names: Sequence[str], steps: int,
+                   teacher: tuple[Path, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Seconds per fine-tuning step of each variant of ``names``: ``steps`` steps of one epoch over the first
+    ``steps * batch_size`` sentences of ``exp``'s CoNLL train (``exp`` cut to them), the loop's own clock between
+    its first and last step (the evaluation after it excluded). Transfer variants need ``teacher`` (a saved
+    baseline's directory and its run key)."""
+    from .train import TrainConfig, train
+
+    rows = []
+    for name in names:
+        vcfg = variants[name]
+        if not isinstance(vcfg, TrainConfig):
+            raise ValueError(f"bench: variant {name!r} names another variant")
+        if vcfg.transfer and teacher is None:
+            raise ValueError(f"bench: variant {name!r} transfers and needs a saved baseline as teacher")
+        cfg = replace(vcfg, encoder=exp.encoder_name, seed=1, epochs=1.0, evals_per_epoch=1, patience=None)
+        t0 = time.perf_counter()
+        corpora, streams = exp.streams(cfg, exp.corpora(frozen=False), teacher if cfg.transfer else None,
+                                       frozen=False)
+        prepare_s = time.perf_counter() - t0
+        result = train(cfg, load_encoder(exp.encoder_name), corpora.conll_train, corpora.conll_dev, progress=False,
+                       rendered=streams.rendered, target=streams.target, teacher=streams.teacher,
+                       mapping=streams.mapping)
+        h = result.history
+        per_step = (h[-1]["seconds"] - h[0]["seconds"]) / max(1, len(h) - 1)
+        rows.append({"variant": name, "steps": len(h), "seconds_per_step": per_step,
+                     "sentences_per_s": cfg.batch_size / per_step, "streams_seconds": prepare_s,
+                     "peak_rss_mib": peak_rss_mib(), "tagger": result.tagger})
+    base = rows[0]["seconds_per_step"] if rows else 1.0
+    for r in rows:
+        r["ratio_to_first"] = r["seconds_per_step"] / base
+    return rows
+
+
+def bench_inference(tagger: Any, prepared: Any, batch_size: int = 64) -> dict[str, Any]:
+    """Sentences/s of ``tagger`` decoding ``prepared`` (features, CRF Viterbi and the project's decoding)."""
+    from .tagger import predict
+
+    t0 = time.perf_counter()
+    predict(tagger, prepared, batch_size, progress=False)
+    seconds = time.perf_counter() - t0
+    return {"sentences": len(prepared.encoded), "seconds": seconds,
+            "sentences_per_s": len(prepared.encoded) / seconds, "peak_rss_mib": peak_rss_mib()}
+
+
+def _peer_features(tokenizer: Any, sentences: Sequence[Sequence[str]], labels: Sequence[Sequence[str]] | None,
+                   label_index: Mapping[str, int], max_length: int) -> tuple[list[dict[str, list[int]]], list[list]]:
+    """``run_ner.py``'s alignment: pieces of pre-split words, the first piece of each word labelled, the others
+    -100; and each sentence's word ids, to read predictions back per word."""
+    rows, word_ids = [], []
+    for k, words in enumerate(sentences):
+        enc = tokenizer(list(words), is_split_into_words=True, truncation=True, max_length=max_length)
+        wid = enc.word_ids()
+        row = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        if labels is not None:
+            prev, lab = None, []
+            for w in wid:
+                lab.append(-100 if w is None or w == prev else label_index[labels[k][w]])
+                prev = w
+            row["labels"] = lab
+        rows.append(row)
+        word_ids.append(wid)
+    return rows, word_ids
+
+
+def peer_predict(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[str], max_length: int,
+                 batch_size: int = 32) -> tuple[list[list[str]], int]:
+    """The peer's tag per word of ``dataset`` (arg-max at each word's first piece); words cut off by
+    ``max_length`` are tagged O and counted (second value)."""
+    from transformers import DataCollatorWithPadding
+
+    rows, word_ids = _peer_features(tokenizer, [s.tokens for s in dataset.sentences], None, {}, max_length)
+    collate = DataCollatorWithPadding(tokenizer)
+    out: list[list[str]] = []
+    cut = 0
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(rows), batch_size):
+            batch = collate(rows[b:b + batch_size])
+            pred = model(**batch).logits.argmax(-1).tolist()
+            for i, wid in enumerate(word_ids[b:b + batch_size]):
+                n = len(dataset.sentences[b + i])
+                tags = ["O"] * n
+                seen: set[int] = set()
+                for p, w in enumerate(wid):
+                    if w is not None and w not in seen:
+                        seen.add(w)
+                        tags[w] = labels[pred[i][p]]
+                cut += n - len(seen)
+                out.append(tags)
+    return out, cut
+
+
+def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Dataset], steps: int, batch_size: int,
+               lr: float, seed: int = 1) -> dict[str, Any]:
+    """The Hugging Face peer (module docstring): ``BertForTokenClassification`` over ``encoder_name``'s weights,
+    ``Trainer`` for ``steps`` steps (linear schedule with a tenth of them as warm-up, AdamW, lr ``lr``) on
+    ``train_set``; its steps/s, wall time, and strict F1 of each of ``tests`` (views as ours)."""
+    from transformers import BertForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
+
+    from .data.labels import MODEL_LABELS
+
+    encoder = load_encoder(encoder_name)
+    labels = list(MODEL_LABELS)
+    index = {t: i for i, t in enumerate(labels)}
+    config = replace_config(encoder.model.config, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                            label2id=index)
+    model = BertForTokenClassification(config)
+    missing, unexpected = model.bert.load_state_dict(encoder.model.state_dict(), strict=False)
+    if missing or [k for k in unexpected if not k.startswith("pooler.")]:
+        raise ValueError(f"peer: the encoder's weights do not fit BertForTokenClassification ({missing}, {unexpected})")
+    rows, _ = _peer_features(encoder.tokenizer, [s.tokens for s in train_set.sentences],
+                             [s.tags for s in train_set.sentences], index, encoder.max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=lr, warmup_steps=max(1, steps // 10), weight_decay=0.01, seed=seed,
+                                 report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
+                                 dataloader_num_workers=0, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows,
+                          data_collator=DataCollatorForTokenClassification(encoder.tokenizer))
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+    scores, cut = {}, {}
+    for name, data in tests.items():
+        pred, cut[name] = peer_predict(model, encoder.tokenizer, data, labels, encoder.max_length)
+        scores[name] = score_dataset(data, pred)[primary_view(data.format)]["strict"]
+    return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "steps_per_s": steps / seconds,
+            "scores": scores, "words_cut": cut, "peak_rss_mib": peak_rss_mib()}
+
+
+def replace_config(config: Any, **changes: Any) -> Any:
+    """A copy of a transformers config with ``changes``."""
+    out = config.__class__.from_dict({**config.to_dict(), **changes})
+    return out
+
+
+def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Path | None = None,
+              out: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement of the module docstring for a profile's ``params`` (as notebooks get them); appends the
+    record to ``out/bench.json`` (default ``results/<profile>/bench.json``) and returns it. ``teacher_dir``: a
+    saved baseline, needed by the transfer variants (default: the profile's ``checkpoints/baseline-seed1``
+    when it exists)."""
+    from .config import from_params, results_dir
+    from .experiment import experiment_from_params, resolve_variants
+    from .train import TrainConfig
+
+    out = out or results_dir(str(params["profile"]), params.get("results_root"))
+    threads = params.get("train_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    record: dict[str, Any] = {"config": asdict(config), "threads": torch.get_num_threads(), "git": git_state(),
+                              "versions": package_versions(),
+                              "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    limit = matmul_gflops(config.matmul_size)
+    record["matmul_gflops"] = limit
+    log(f"limit: fp32 matmul {limit:.1f} GFLOP/s on {record['threads']} threads")
+
+    batch = int(params["train_batch_size"])
+    cut = max(config.steps * batch, config.extraction_sentences, config.inference_sentences)
+    exp = experiment_from_params({**params, "max_sentences": cut})
+    ex = bench_extraction(exp.encoder, exp.data["conll_train"].head(config.extraction_sentences), limit)
+    record["extraction"] = ex
+    log(f"extraction: {ex['tokens_per_s']:.0f} tokens/s, {ex['gflops']:.1f} GFLOP/s = "
+        f"{100 * ex['share_of_limit']:.0f}% of the limit")
+
+    base = from_params(TrainConfig, params, "train_")
+    variants = resolve_variants(base, params.get("variants", {"baseline": {}}))
+    exp = experiment_from_params({**params, "max_sentences": config.steps * batch})
+    teacher_dir = teacher_dir or out / "checkpoints" / "baseline-seed1"
+    teacher = None
+    if (teacher_dir / "config.json").is_file():
+        teacher = (teacher_dir, {"extra": {"run_key": json.loads((teacher_dir / "config.json").read_text())
+                                           .get("run_key")}})
+    names = [v for v in config.variants if teacher is not None or not getattr(variants.get(v), "transfer", None)]
+    skipped = sorted(set(config.variants) - set(names))
+    rows = bench_training(exp, variants, names, config.steps, teacher)
+    for r in rows:
+        log(f"train {r['variant']}: {r['seconds_per_step']:.3f} s/step, {r['sentences_per_s']:.1f} sentences/s, "
+            f"x{r['ratio_to_first']:.2f}")
+    record["training"] = [{k: v for k, v in r.items() if k != "tagger"} for r in rows]
+    record["training_skipped"] = {v: "no saved baseline to be its teacher" for v in skipped}
+
+    if rows:
+        full = experiment_from_params({**params, "max_sentences": config.inference_sentences})
+        prepared = full.corpora(frozen=False).peoples_daily_test
+        inf = bench_inference(rows[0]["tagger"], prepared, int(params.get("train_eval_batch_size", 64)))
+        record["inference"] = inf
+        log(f"inference: {inf['sentences_per_s']:.1f} sentences/s (People's Daily test)")
+
+    if config.peer_steps:
+        from .data import load
+        from .experiment import SPLITS
+
+        data = {k: load(SPLITS[k], params.get("data_dir"), max_sentences=params.get("max_sentences"))
+                for k in ("conll_train", "peoples_daily_test", "weibo_test")}
+        peer = bench_peer(exp.encoder_name, data["conll_train"], {k: data[k] for k in ("peoples_daily_test",
+                                                                                      "weibo_test")},
+                          config.peer_steps, batch, float(params["train_lr"]))
+        record["peer"] = peer
+        log(f"peer (HF Trainer): {peer['steps_per_s']:.2f} steps/s; strict F1 after {peer['steps']} steps: "
+            + ", ".join(f"{k} {v['f1']:.4f}" for k, v in peer["scores"].items()))
+    ours = out / "runs" / "baseline-seed1" / "metrics.json"
+    if ours.is_file():
+        m = json.loads(ours.read_text(encoding="utf-8"))
+        record["ours_baseline_seed1"] = {
+            "train_minutes": m["extra"]["seconds"]["train"] / 60, "steps": m["extra"].get("steps"),
+            "peoples_daily_f1": m["scores"]["peoples_daily_test"]["peoples_daily"]["strict"]["f1"],
+            "weibo_f1": m["scores"]["weibo_test"]["weibo_nam"]["strict"]["f1"]}
+    record["peak_rss_mib"] = peak_rss_mib()
+    path = out / "bench.json"
+    history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    write_atomic(path, lambda fh: json.dump([*history, record], fh, indent=2, default=str))
+    log(f"wrote {path}")
+    return record
