@@ -165,4 +165,6 @@ def test_05_case_study_smoke_writes_figure4_heat_maps_and_error_tables(tmp_path:
     assert runs == {"baseline-seed1", "adv_att_pos-seed1"}
     assert (res / "checkpoints" / "adv_att_pos-seed1" / "teacher").is_dir()
     assert (res / "tables" / "error_confusions.csv").is_file()
+    agreement = pd.read_csv(res / "tables" / "error_agreement.csv")
+    assert len(agreement) == 4 and agreement.same.all(), agreement  # the runs' own strict counts
     assert (res / "figures" / "errors_by_type.png").stat().st_size > 5000
