@@ -157,3 +157,41 @@ def test_06_report_smoke_writes_report_md_from_the_tables_it_finds(tmp_path: Pat
     text = (res / "REPORT.md").read_text(encoding="utf-8")
     assert "base, People's Daily test: ours 0.5000 ± 0.0100 (3 seeds) against the paper's 0.4693" in text
     assert "Not yet made in this profile: Table 1" in text
+
+
+@pytest.mark.slow
+def test_05_case_study_smoke_writes_figure4_heat_maps_and_error_tables(tmp_path: Path, data_dir: Path) -> None:
+    # 02 runs before 05 (run_all.sh): the transfer's lexicon is 02's; here the committed cpu one stands in
+    alignment = tmp_path / "results" / "smoke" / "alignment"
+    alignment.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    res = _run("05_case_study.ipynb", tmp_path)
+    # Figure 4 for the first test sentence of each Chinese set and the paper's own sentence
+    for name in ("weibo_test_0", "peoples_daily_test_0", "text_0"):
+        case = pd.read_csv(res / "tables" / f"case_{name}.csv", keep_default_na=False)
+        rows = case.row.tolist()
+        assert rows == (["token", "baseline", "full model"] + ([] if name == "text_0" else ["gold"])), rows
+        assert "<table" in (res / "tables" / f"case_{name}.html").read_text()
+        assert (res / "figures" / f"attention_{name}.png").stat().st_size > 5000
+    text = pd.read_csv(res / "tables" / "case_text_0.csv", keep_default_na=False)
+    assert "".join(text.iloc[0, 1:]) == "上司会以为你不尊重他"
+    weibo = pd.read_csv(res / "tables" / "case_weibo_test_0.csv", keep_default_na=False)
+    assert weibo.set_index("row").loc["gold"].tolist().count("B-PER") == 1  # 李开复, NAM
+    assert "background-color" in (res / "tables" / "case_weibo_test_0.html").read_text()  # its gold PER coloured
+    # the error analysis: both corpora and models, each side adding up, the run's own counts
+    errors = pd.read_csv(res / "tables" / "errors_by_type.csv")
+    assert set(errors.corpus) == {"weibo_test (weibo_nam)", "peoples_daily_test (peoples_daily)"}
+    assert set(errors.model) == {"baseline", "full model"}
+    gold = errors[["gold_correct", "gold_type", "gold_boundary", "gold_boundary_type", "gold_missed"]].sum(axis=1)
+    pred = errors[["pred_correct", "pred_type", "pred_boundary", "pred_boundary_type", "pred_spurious"]].sum(axis=1)
+    assert (gold == errors.gold).all() and (pred == errors.pred).all()
+    for (corpus, model), grp in errors.groupby(["corpus", "model"]):
+        typed = grp[grp.type != "all"]
+        assert grp[grp.type == "all"].gold.item() == typed.gold.sum() > 0, (corpus, model)
+    runs = {(m.parent.name) for m in (res / "runs").glob("*/metrics.json")}
+    assert runs == {"baseline-seed1", "adv_att_pos-seed1"}
+    assert (res / "checkpoints" / "adv_att_pos-seed1" / "teacher").is_dir()
+    assert (res / "tables" / "error_confusions.csv").is_file()
+    agreement = pd.read_csv(res / "tables" / "error_agreement.csv")
+    assert len(agreement) == 4 and agreement.same.all(), agreement  # the runs' own strict counts
+    assert (res / "figures" / "errors_by_type.png").stat().st_size > 5000

@@ -63,18 +63,20 @@ def _prf(p: float, r: float, f: float, support: int, n_pred: int, n_correct: int
             "n_pred": int(n_pred), "n_correct": int(n_correct)}
 
 
-def _entities(seqs: list[list[str]], strict: bool) -> set[tuple[str, int, int, int]]:
-    """Entities ``(type, sentence, start, end)`` as seqeval reads them in strict IOB2 or default mode."""
+def entity_set(seqs: Sequence[Sequence[str]], strict: bool = True) -> set[tuple[str, int, int, int]]:
+    """Entities ``(type, sentence, start, end)`` (``end`` exclusive) as seqeval reads them in strict IOB2
+    (default; the primary score) or default (conlleval-style) mode: what every score here counts."""
+    seqs = [list(s) for s in seqs]
     if strict:
         return {(e.tag, e.sent_id, e.start, e.end) for ents in Entities(seqs, IOB2).entities for e in ents}
-    return {(t, i, s, e) for i, seq in enumerate(seqs) for t, s, e in get_entities(seq)}
+    return {(t, i, s, e + 1) for i, seq in enumerate(seqs) for t, s, e in get_entities(seq)}  # its end is inclusive
 
 
 def _mode_scores(gold: list[list[str]], pred: list[list[str]], strict: bool) -> dict[str, Any]:
     """seqeval's micro and per-type P/R/F1 of one mode, with entity counts beside them."""
     prfs = prfs_strict if strict else prfs_conlleval
     kwargs: dict[str, Any] = {"scheme": IOB2} if strict else {}
-    ents_gold, ents_pred = _entities(gold, strict), _entities(pred, strict)
+    ents_gold, ents_pred = entity_set(gold, strict), entity_set(pred, strict)
     correct = ents_gold & ents_pred
     p, r, f, s = prfs(gold, pred, average="micro", zero_division=0, **kwargs)
     micro = _prf(p, r, f, s, len(ents_pred), len(correct))
@@ -124,11 +126,21 @@ def score_views(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fm
     if fmt not in VIEWS:
         raise ValueError(f"unknown corpus format {fmt!r}; expected one of {', '.join(VIEWS)}")
     check_aligned(gold, pred)
-    out = {}
-    for view in VIEWS[fmt]:  # CoNLL predictions pass through the gold's own view (conll_shared: MISC -> O)
-        pred_view = "chinese_prediction" if fmt in CHINESE_FORMATS else view
-        out[view] = score([harmonise(s, view) for s in gold], [harmonise(s, pred_view) for s in pred])
-    return out
+    return {view: score(*harmonised(gold, pred, fmt, view)) for view in VIEWS[fmt]}
+
+
+def harmonised(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fmt: str, view: str | None = None
+               ) -> tuple[list[list[str]], list[list[str]]]:
+    """Gold and predicted tags of a corpus of format ``fmt`` as one of its views scores them (default: the
+    primary view, :func:`primary_view`): gold through the view's harmonisation, predictions on Chinese through
+    ``chinese_prediction`` (MISC -> O), CoNLL predictions through the gold's own view (``conll_shared``:
+    MISC -> O)."""
+    view = view or primary_view(fmt)
+    if view not in VIEWS.get(fmt, ()):
+        raise ValueError(f"view {view!r} is not a view of format {fmt!r}; expected one of {VIEWS.get(fmt)}")
+    check_aligned(gold, pred)
+    pred_view = "chinese_prediction" if fmt in CHINESE_FORMATS else view
+    return [harmonise(s, view) for s in gold], [harmonise(s, pred_view) for s in pred]
 
 
 def score_dataset(dataset: Dataset, pred: Sequence[Sequence[str]]) -> dict[str, Any]:

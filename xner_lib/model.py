@@ -287,6 +287,29 @@ class BiLstmCrfHead(nn.Module):
         """Same as :meth:`emissions`: ``[B,U,H] -> [B,U,L]``."""
         return self.emissions(features, mask, teacher)
 
+    def attention_maps(self, features: Tensor, mask: Tensor, teacher: tuple[Tensor, Tensor] | None = None
+                       ) -> dict[str, Tensor]:
+        """The attention weights the head computes for heat maps (section 3.2), before dropout, no gradient:
+        ``semantic`` and ``structural`` ``[B,heads,U,U]`` (query, key) when the head has the double attention
+        (:meth:`~xner_lib.layers.DoubleAttention.attention_maps`), ``transfer`` ``[B,U,W]`` (the reverse
+        attention ``R`` over the teacher's ``W`` positions) when it transfers (``teacher`` as in
+        :meth:`emissions`). Rows sum to 1 over real keys; rows of padded queries are 0. A head with neither
+        layer (the baseline) gives ``{}``. Call ``.eval()`` first for the weights prediction uses."""
+        with torch.no_grad():
+            mask = mask.bool()
+            states = self.forward_states(features, mask)
+            if self.middle is not None:
+                states = self.middle(states, mask)
+            out: dict[str, Tensor] = {}
+            if self.attention is not None:
+                out.update(self.attention.attention_maps(states, mask))
+            if self.transfer is not None:
+                if teacher is None:
+                    raise ValueError("this head transfers from a teacher: pass teacher=(features [B,W,D_t], "
+                                     "mask [B,W])")
+                out["transfer"] = self.transfer.weights(states, mask, teacher[0].to(states.dtype), teacher[1])
+            return out
+
     # ----------------------------------------------------------------------------- CRF
     def crf_loss(self, emissions: Tensor, mask: Tensor, labels: Tensor) -> Tensor:
         """Mean over the batch of ``-log p(y|X)`` (eqs 10-11) from ``emissions [B,U,L]``.

@@ -113,6 +113,13 @@ def write_table(df: pd.DataFrame, directory: str | Path, name: str) -> tuple[Pat
     return csv, md
 
 
+def write_html(styler, directory: str | Path, name: str) -> Path:
+    """Write a pandas ``Styler`` (a coloured table) as ``name.html`` under ``directory`` (atomically)."""
+    path = Path(directory) / f"{name}.html"
+    write_atomic(path, styler.to_html())
+    return path
+
+
 def save_figure(fig: plt.Figure, directory: str | Path, name: str) -> Path:
     """Save ``fig`` as ``name.png`` under ``directory`` (atomically)."""
     path = Path(directory) / f"{name}.png"
@@ -522,5 +529,127 @@ def plot_projection(panels: list[tuple[str, object, object]], n: int = 1500) -> 
         ax.scatter(pt[:, 0], pt[:, 1], s=3, alpha=0.4, label="Chinese (target)")
         ax.set_title(title)
         ax.legend(markerscale=4, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --- case study and error analysis (notebook 05) -------------------------------------------------------
+
+#: background colour of each entity type in the case tables and the heat maps' token labels
+TYPE_COLOURS: dict[str, str] = {"PER": "#f4b6b6", "LOC": "#b6dcb6", "ORG": "#b6cbf4", "MISC": "#e0d0f0"}
+#: colour of each error category (:data:`xner_lib.errors.GOLD_CATEGORIES` and ``PRED_CATEGORIES``)
+CATEGORY_COLOURS: dict[str, str] = {"correct": "#4c9a4c", "type": "#e3a33b", "boundary": "#5b8fd6",
+                                    "boundary_type": "#a66fc9", "missed": "#c44e52", "spurious": "#8c8c8c"}
+_CJK_FONTS = ("Noto Sans CJK", "Noto Sans SC", "Source Han Sans", "WenQuanYi", "SimHei", "Microsoft YaHei",
+              "PingFang", "Heiti", "AR PL", "Droid Sans Fallback", "Arial Unicode")
+
+
+def cjk_font() -> str | None:
+    """The name of an installed font that draws Chinese characters (matplotlib's font list), or None."""
+    from matplotlib import font_manager
+
+    for f in font_manager.fontManager.ttflist:
+        if any(f.name.startswith(name) for name in _CJK_FONTS):
+            return f.name
+    return None
+
+
+def style_case(table: pd.DataFrame, gold_row: str = "gold"):
+    """Figure 4 as a coloured :class:`pandas.io.formats.style.Styler` of a :func:`~xner_lib.case_study.case_table`:
+    every tag cell coloured by its entity type (:data:`TYPE_COLOURS`, ``B-`` in bold), and a model's tag that
+    differs from the gold one framed in red."""
+    def colour(row: pd.Series) -> list[str]:
+        out = []
+        for col, tag in row.items():
+            css = []
+            if row.name != "token" and isinstance(tag, str) and tag != "O":
+                css.append(f"background-color: {TYPE_COLOURS.get(tag[2:], '#dddddd')}")
+                if tag.startswith("B-"):
+                    css.append("font-weight: bold")
+            if row.name not in ("token", gold_row) and gold_row in table.index and tag != table.loc[gold_row, col]:
+                css.append("outline: 2px solid #d62728")
+            out.append("; ".join(css))
+        return out
+
+    return table.style.apply(colour, axis=1).set_table_styles(
+        [{"selector": "td, th", "props": "text-align: center; padding: 2px 5px; font-size: 11px"}])
+
+
+def plot_attention(maps, heads: str | int = "mean", title: str = "") -> plt.Figure:
+    """Heat maps of one sentence's attention (:class:`~xner_lib.case_study.AttentionMaps`): the semantic and
+    structural attention of the double attention (averaged over heads, or one head) and the transfer's reverse
+    attention over the teacher's English rendering, one panel each, rows the querying units. Chinese
+    characters label the axes when a CJK font is installed (:func:`cjk_font`), else unit indices do."""
+    mats = maps.matrices(heads)
+    font = cjk_font()
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 4.4), squeeze=False)
+
+    def labels(tokens: list[str]) -> list[str]:
+        if font is None and any(ord(ch) > 0x2e7f for t in tokens for ch in t):
+            return [str(i) for i in range(len(tokens))]
+        return tokens
+
+    rows = labels(maps.tokens)
+    for ax, (name, m) in zip(axes[0], mats.items(), strict=True):
+        im = ax.imshow(m, cmap="viridis", vmin=0.0, aspect="auto")
+        cols = labels(maps.teacher_tokens or []) if name == "transfer" else rows
+        small = {"fontsize": 7, **({"fontfamily": font} if font else {})}
+        if len(rows) <= 80:
+            ax.set_yticks(range(len(rows)), rows, **small)
+        if len(cols) <= 80 and cols:
+            ax.set_xticks(range(len(cols)), cols, rotation=90, **small)
+        what = f"head {heads}" if heads != "mean" else "mean over heads"
+        ax.set_title({"semantic": f"semantic attention ({what})", "structural": f"structural attention ({what})",
+                      "transfer": "transfer R (keys: English rendering)"}[name], fontsize=9)
+        ax.set_xlabel("key" if name != "transfer" else "teacher token")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[0][0].set_ylabel("query unit")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_errors(table: pd.DataFrame) -> plt.Figure:
+    """The error analysis (:func:`~xner_lib.errors.error_table`) as stacked bars: one panel per corpus; per
+    entity type and model two bars, the gold entities by category (correct, type confusion, boundary,
+    boundary + type, missed) and the predicted ones (the same, spurious last)."""
+    from .errors import CATEGORY_NAMES, GOLD_CATEGORIES, PRED_CATEGORIES
+
+    corpora = list(dict.fromkeys(table["corpus"]))
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.2), squeeze=False)
+    seen: set[str] = set()
+    for ax, corpus in zip(axes[0], corpora, strict=True):
+        sub = table[table["corpus"] == corpus]
+        types = [t for t in dict.fromkeys(sub["type"]) if t != "all"] + ["all"]
+        ticks, names = [], []
+        x = 0.0
+        for etype in types:
+            for model in models:
+                row = sub[(sub["type"] == etype) & (sub["model"] == model)]
+                if row.empty:
+                    continue
+                r = row.iloc[0]
+                for offset, side, cats in ((0.0, "gold", GOLD_CATEGORIES), (0.42, "pred", PRED_CATEGORIES)):
+                    bottom = 0
+                    for cat in cats:
+                        n = int(r[f"{side}_{cat}"])
+                        label = CATEGORY_NAMES[cat] if cat not in seen else None
+                        seen.add(cat)
+                        ax.bar(x + offset, n, width=0.4, bottom=bottom, color=CATEGORY_COLOURS[cat], label=label)
+                        bottom += n
+                ticks.append(x + 0.21)
+                names.append(f"{etype}\n{model}\n(gold | pred)")
+                x += 1.1
+            x += 0.5
+        ax.set_xticks(ticks, names, fontsize=7)
+        ax.set(title=corpus, ylabel="entities")
+    handles, labels_ = [], []
+    for ax in axes[0]:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels_ += lab
+    fig.legend(handles, labels_, loc="upper center", ncol=len(labels_), fontsize=8, bbox_to_anchor=(0.5, 1.04))
     fig.tight_layout()
     return fig

@@ -291,17 +291,20 @@ class Teacher:
         # rounded to fp16 precision, as the on-disk cache stores them: a cached and a fresh pass agree
         return [f.half().float() for f in teacher_features(self.tagger, data, batch_size)]
 
-    def features(self, dataset: Dataset, batch_size: int = 64) -> list[Tensor]:
-        """The teacher's features of every sentence of ``dataset``: English read as it is, Chinese through
-        its word-by-word English rendering."""
+    def english(self, dataset: Dataset) -> list[list[str]]:
+        """What the teacher reads for each sentence of ``dataset``: English as it is, Chinese as its
+        word-by-word English rendering (one English token per Chinese word)."""
         if dataset.language == "en":
-            return self.read([s.tokens for s in dataset.sentences], batch_size)
+            return [list(s.tokens) for s in dataset.sentences]
         if self.lexicon is None:
             raise ValueError("the teacher needs a lexicon to read Chinese")
         from .rendering import render_dataset_zh
 
-        english, _ = render_dataset_zh(dataset, self.lexicon, casing=self.casing or None)
-        return self.read(english, batch_size)
+        return render_dataset_zh(dataset, self.lexicon, casing=self.casing or None)[0]
+
+    def features(self, dataset: Dataset, batch_size: int = 64) -> list[Tensor]:
+        """The teacher's features of every sentence of ``dataset``: :meth:`read` of :meth:`english`."""
+        return self.read(self.english(dataset), batch_size)
 
 
 @torch.no_grad()
