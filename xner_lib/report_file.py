@@ -33,7 +33,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "table5": ("Table 5: ablations of the full model, two protocols", "04_ablation"),
     "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
     "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
-    "error_analysis": ("Errors by type over the test sets", "05_case_study"),
+    "errors_by_type": ("Errors by type over the Chinese test sets (one seed)", "05_case_study"),
 }
 
 #: which runs each table's compute is charged to: table -> run-name patterns (regular expressions)
