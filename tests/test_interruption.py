@@ -4,7 +4,7 @@ A feature extraction and a series of runs are killed part-way (SIGKILL, in a sub
 dying process cleans up) and rerun: the rerun resumes from what was saved (the shards written, the runs whose
 ``metrics.json`` was written) and ends with results identical to an uninterrupted run. A truncated feature
 shard, ``metrics.json`` or checkpoint file is detected and rebuilt, never loaded. The same seed gives the same
-scores in another process; another seed, other scores.
+run (scores, curves) in this process and another; another seed another run.
 
 Run as a script, this file is the child process that is killed: ``python test_interruption.py features|runs ...``.
 """
@@ -38,7 +38,8 @@ from xner_lib.train import TrainConfig
 SHARD = 4
 N_SENTENCES = 12
 SEEDS = (1, 2)
-CFG = TrainConfig(encoder="tiny-random-bert", epochs=2, batch_size=4, lr=1e-3, head_lr=1e-2, seed=1)
+#: three steps on the toy: seconds per run
+CFG = TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, lr=1e-3, head_lr=1e-2, seed=1)
 
 
 # --- what both processes compute ------------------------------------------------------------------------------------
@@ -246,11 +247,12 @@ def test_killed_runs_resume_from_the_saved_ones_and_end_as_an_uninterrupted_seri
     assert [outcome(m) for m in resumed] == [outcome(m) for m in uninterrupted_runs]
 
 
-def test_the_same_seed_gives_the_same_scores_and_another_seed_other_scores(
+def test_the_same_seed_gives_the_same_run_and_another_seed_another_run(
         cache_env: Path, uninterrupted_runs: list[dict[str, Any]]) -> None:
     again = run_seeds(cache_env / "runs", cache_env / "checkpoints")  # this process; the fixture's too
-    assert [m["scores"] for m in again] == [m["scores"] for m in uninterrupted_runs]
-    first, second = (m["scores"] for m in again)
+    assert [outcome(m) for m in again] == [outcome(m) for m in uninterrupted_runs]
+    # the toy's scores are too coarse to tell seeds apart (all 0 or all 1); their training curves are not
+    first, second = ([h["loss"] for h in m["extra"]["history"]] for m in again)
     assert first != second
 
 

@@ -108,6 +108,7 @@ def test_a_notebook_that_raises_stops_the_run_non_zero_and_its_executed_copy_is_
     assert failed.read_text() == "executed notebooks/02_alignment.ipynb\n"  # kept, as papermill left it
     ran = [line.split()[1] for line in run_all.log.read_text().splitlines() if line.startswith("papermill ")]
     assert ran == ["notebooks/01_data.ipynb", "notebooks/02_alignment.ipynb"]  # stopped at the failure
-    summary = done.stdout[done.stdout.index("notebook "):].splitlines()
-    assert [row.split()[:2] for row in summary[1:]] == [["01_data.ipynb", "ok"], ["02_alignment.ipynb", "FAILED"]]
+    lines = done.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split() == ["notebook", "status", "seconds"])
+    assert [row.split()[:2] for row in lines[head + 1:]] == [["01_data.ipynb", "ok"], ["02_alignment.ipynb", "FAILED"]]
     assert "the failed notebook, with its error, is results/smoke/notebooks/02_alignment.ipynb" in done.stderr
