@@ -158,3 +158,36 @@ def test_no_module_or_notebook_hand_rolls_its_own_temp_then_rename() -> None:
     hits = [f"{p.relative_to(REPO_ROOT)}:{n}: {line.strip()}" for p in sources
             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if banned.search(line)]
     assert not hits, "write through xner_lib.files instead:\n" + "\n".join(hits)
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import pandas as pd
+from xner_lib import files, report
+from xner_lib.evaluate import write_metrics
+
+files.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die with the new content written, not renamed
+target = sys.argv[2]
+if sys.argv[1] == "csv":
+    report.write_table(pd.DataFrame({"f1": [0.9] * 1000}), os.path.dirname(target), "table")
+else:
+    write_metrics(target, variant="v", encoder="e", seed=1, config={}, scores={"f1": 0.9})
+"""
+
+
+@pytest.mark.parametrize(("kind", "name"), [("csv", "table.csv"), ("json", "metrics.json")])
+def test_a_writer_killed_mid_write_leaves_the_old_result_whole(tmp_path: Path, kind: str, name: str) -> None:
+    """SIGKILL runs no cleanup: what a reader finds afterwards is the old file, whole, and a temporary that
+    :func:`remove_stale_temps` recognises as the dead process's."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / name
+    target.write_text("the old result\n")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, kind, str(target)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert target.read_text() == "the old result\n"
+    temps = [p for p in tmp_path.iterdir() if p.name.startswith(f".{name}.tmp-")]
+    assert len(temps) == 1 and temps[0].stat().st_size > 0  # the new content got that far
+    assert remove_stale_temps(target) == temps and sorted(os.listdir(tmp_path)) == [name]

@@ -44,19 +44,27 @@ def run_all(tmp_path: Path):
         return hashlib.sha256((repo / "pyproject.toml").read_bytes()
                               + (repo / "requirements.lock").read_bytes()).hexdigest()
 
-    def run(*args: str, stamp: str | None = "current") -> list[str]:
-        """The logged calls of ``run_all.sh *args`` with the install stamp ``stamp`` (None: no stamp)."""
+    def proc(*args: str, stamp: str | None = "current") -> subprocess.CompletedProcess[str]:
+        """``run_all.sh *args`` with the install stamp ``stamp`` (None: no stamp), its status and output."""
         if stamp == "current":
             stamp = current_stamp()
         (prefix / ".xner-installed").unlink(missing_ok=True)
         if stamp is not None:
             (prefix / ".xner-installed").write_text(stamp + "\n")
         log.unlink(missing_ok=True)
-        subprocess.run(["bash", str(repo / "run_all.sh"), *args], env=env, check=True, capture_output=True)
+        return subprocess.run(["bash", str(repo / "run_all.sh"), *args], env=env, capture_output=True, text=True)
+
+    def run(*args: str, stamp: str | None = "current") -> list[str]:
+        """The logged calls of ``run_all.sh *args`` (which must succeed)."""
+        done = proc(*args, stamp=stamp)
+        assert done.returncode == 0, done.stderr
         return log.read_text().splitlines()
 
     run.repo = repo  # type: ignore[attr-defined]
     run.current_stamp = current_stamp  # type: ignore[attr-defined]
+    run.proc = proc  # type: ignore[attr-defined]
+    run.bin_dir = bin_dir  # type: ignore[attr-defined]
+    run.log = log  # type: ignore[attr-defined]
     return run
 
 
@@ -85,3 +93,22 @@ def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None
         fh.write("# changed\n")
     assert any("-c requirements.lock" in line for line in run_all("--test", stamp=before)), \
         "a changed lock reinstalls"
+
+
+def test_a_notebook_that_raises_stops_the_run_non_zero_and_its_executed_copy_is_kept_and_named(run_all) -> None:
+    """papermill, as the real one does on a cell that raises: it writes the executed notebook, with the
+    error, to its output path and exits 1."""
+    _fake(run_all.bin_dir, "papermill", 'mkdir -p "$(dirname "$2")"; echo "executed $1" > "$2"\n'
+                                        'case "$1" in *02_alignment*) echo "PapermillExecutionError: boom" >&2; '
+                                        'exit 1 ;; esac')
+    done = run_all.proc("--profile", "smoke")
+    assert done.returncode != 0
+    out = run_all.repo / "results" / "smoke" / "notebooks"
+    failed = out / "02_alignment.ipynb"
+    assert failed.read_text() == "executed notebooks/02_alignment.ipynb\n"  # kept, as papermill left it
+    ran = [line.split()[1] for line in run_all.log.read_text().splitlines() if line.startswith("papermill ")]
+    assert ran == ["notebooks/01_data.ipynb", "notebooks/02_alignment.ipynb"]  # stopped at the failure
+    lines = done.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split() == ["notebook", "status", "seconds"])
+    assert [row.split()[:2] for row in lines[head + 1:]] == [["01_data.ipynb", "ok"], ["02_alignment.ipynb", "FAILED"]]
+    assert "the failed notebook, with its error, is results/smoke/notebooks/02_alignment.ipynb" in done.stderr

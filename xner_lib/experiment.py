@@ -33,7 +33,7 @@ from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
 from .objectives import FewShotConfig
-from .tagger import Tagger, Teacher, load_checkpoint, predict_many, save_checkpoint
+from .tagger import Tagger, Teacher, checkpoint_problems, load_checkpoint, predict_many, save_checkpoint
 from .train import TrainConfig, key_config, train
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,19 @@ def _stale_reason(old: Mapping[str, Any], key: str, parts: Mapping[str, Any], ch
             ckpt_key = None
         if ckpt_key != key:
             return f"the checkpoint at {checkpoint} was made by another run (run key {ckpt_key} != {key})"
+        problems = checkpoint_problems(checkpoint, checksums=False)  # sizes only: cheap, and catches truncation
+        if problems:
+            return f"the checkpoint at {checkpoint} is incomplete: {'; '.join(problems)}"
     return None
+
+
+def _read_metrics(path: Path) -> dict[str, Any] | None:
+    """A cached run's ``metrics.json``, or None when it is not a JSON object (truncated, corrupt)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def version_differences(old_versions: Mapping[str, Any], new_versions: Mapping[str, Any]) -> list[str]:
@@ -193,9 +205,11 @@ def read_cached(path: Path, key: str, parts: Mapping[str, Any], *, fresh: bool =
     a ``warnings.warn`` names each package and both versions (``fresh=True`` reruns it)."""
     if not path.is_file():
         return None
-    old = json.loads(path.read_text(encoding="utf-8"))
-    reason = "fresh=True" if fresh else _stale_reason(old, key, parts, checkpoint)
+    old = _read_metrics(path)
+    reason = ("fresh=True" if fresh else f"{path} is unreadable (truncated or corrupt JSON)" if old is None
+              else _stale_reason(old, key, parts, checkpoint))
     if reason is None:
+        assert old is not None
         diffs = version_differences(old.get("versions", {}), package_versions())
         if diffs:
             warnings.warn(f"{path}: read back a run made under other package versions ({'; '.join(diffs)}); "
@@ -264,11 +278,12 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     builds them (and the corpora with the teacher's features) only when the run must train, so reading a
     cached run back costs no teacher, rendering or feature pass (:meth:`Experiment.streams`).
 
-    A cached run is read back only when its run key equals this one and, with ``checkpoints_dir``, a
-    checkpoint of that same run key is there; otherwise it is rerun, and one log line (warning level)
-    names what differed. ``fresh=True`` ignores any cached run. A run read back that was made under other
-    package versions (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone:
-    a ``warnings.warn`` names each package and both versions (pass ``fresh=True`` to rerun it).
+    A cached run is read back only when its ``metrics.json`` reads as JSON, its run key equals this one and,
+    with ``checkpoints_dir``, a complete checkpoint (every file at the size it was saved with) of that same run
+    key is there; otherwise it is rerun, and one log line (warning level) names what differed. ``fresh=True``
+    ignores any cached run. A run read back that was made under other package versions
+    (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone: a ``warnings.warn``
+    names each package and both versions (pass ``fresh=True`` to rerun it).
     """
     run_dir = runs_dir / f"{variant}-seed{cfg.seed}"
     path = run_dir / "metrics.json"

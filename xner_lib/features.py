@@ -9,8 +9,9 @@ unit gets exactly one vector.
 Cache: frozen-encoder features of a whole dataset stored as float16 in
 ``<cache>/features/<key>/shard-NNNNN.pt``, the key hashing the encoder's identity (weights and
 tokenizer, recomputed at call time), the unit rule, the windowing and the text. Shards are written
-atomically (:mod:`xner_lib.files`) and carry a sha256 of their payload: an interrupted
-extraction resumes at the first missing shard, a corrupt shard is detected and recomputed.
+atomically (:mod:`xner_lib.files`) and carry a sha256 of their payload: an interrupted (even killed)
+extraction resumes at the first missing shard, a corrupt or truncated shard is detected and recomputed, and
+the temporary file of a shard whose writer was killed is removed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from .data import Dataset, Sentence
 from .device import module_device, to_device
 from .encoders import Encoder, encoder_identity, resolve_cache_dir, tokenizer_identity
-from .files import write_atomic, write_bytes_atomic
+from .files import remove_stale_temps, write_atomic, write_bytes_atomic
 from .progress import Progress
 from .progress import progress as progress_bar
 from .units import EncodedSentence, encode_sentences, unit_rule
@@ -257,6 +258,8 @@ def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | S
                 "sentences": len(encoded), "units": sum(e.n_units for e in encoded), "shard_size": shard_size}
         write_atomic(meta_path, json.dumps(meta, indent=2))
     starts = range(0, len(encoded), shard_size)
+    for k in range(len(starts)):  # what an extraction killed while writing a shard left behind
+        remove_stale_temps(root / f"shard-{k:05d}.pt")
     shards: list[list[torch.Tensor] | None] = [
         _read_shard(root / f"shard-{k:05d}.pt", [e.n_units for e in encoded[s:s + shard_size]])
         for k, s in enumerate(starts)]

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from .aligner import OrthogonalMapping
 from .batches import Prepared, pad_features, prepare
 from .data import Dataset
+from .data.sources import sha256_cached, sha256_of
 from .decoding import DecodeConfig, allowed_matrix
 from .device import cpu_copy, module_device, resolve_device, to_device
 from .encoders import Encoder, load_encoder, quiet_transformers
@@ -379,7 +380,8 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
     scored, e.g. the Chinese unit scheme and the decoding), ``head.safetensors``, ``mapping.safetensors``
     (``U`` of eq. 2, when the tagger maps), ``teacher/`` and ``lexicon.tsv`` (the teacher's checkpoint,
     hard-linked where the file system allows, and its lexicon, when the head transfers) and, fine-tuned,
-    ``encoder/`` (the HF model and tokenizer)."""
+    ``encoder/`` (the HF model and tokenizer). ``config.json`` records every other file's size and sha256
+    (``files``), so that a truncated or corrupt checkpoint is detected (:func:`checkpoint_problems`)."""
     encoder = tagger.encoder
     directory = Path(directory)
     meta = {"train": dict(train), "head": tagger.head.config.to_dict(), "labels": list(tagger.head.config.labels),
@@ -406,8 +408,40 @@ def save_checkpoint(tagger: Tagger, directory: str | os.PathLike[str], train: Ma
             meta["teacher"] = {"directory": "teacher", "lexicon": "lexicon.tsv" if teacher.lexicon_path else None,
                                "casing": "casing.json"}
             (tmp / "casing.json").write_text(json.dumps(teacher.casing, ensure_ascii=False), encoding="utf-8")
+        meta["files"] = _file_record(tmp)
         (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
+
+
+def _file_record(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a checkpoint being written (``config.json`` aside) with its size and sha256."""
+    return {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+            for p in sorted(directory.rglob("*")) if p.is_file() and p != directory / "config.json"}
+
+
+def checkpoint_problems(directory: str | os.PathLike[str], *, checksums: bool = True) -> list[str]:
+    """What is wrong with the files of checkpoint ``directory`` against the record its ``config.json`` keeps
+    (:func:`save_checkpoint`): a file missing, truncated or grown (its size), or, with ``checksums``, changed
+    (its sha256). Empty when all is well, and for a checkpoint saved before files were recorded. A missing
+    or unreadable ``config.json`` is a problem too."""
+    directory = Path(directory)
+    meta_path = directory / "config.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        return [f"{meta_path}: cannot read ({err.strerror})"]
+    except ValueError as err:
+        return [f"{meta_path}: not valid JSON ({err})"]
+    out = []
+    for rel, want in (meta.get("files") or {}).items() if isinstance(meta, dict) else ():
+        path = directory / rel
+        if not path.is_file():
+            out.append(f"{path}: missing")
+        elif path.stat().st_size != want["bytes"]:
+            out.append(f"{path}: {path.stat().st_size} bytes, {want['bytes']} saved (truncated or changed)")
+        elif checksums and sha256_cached(path) != want["sha256"]:
+            out.append(f"{path}: sha256 differs from the one saved (corrupt or changed)")
+    return out
 
 
 def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, *,
@@ -415,9 +449,14 @@ def load_checkpoint(directory: str | os.PathLike[str], cache_dir: str | os.PathL
     """Load a checkpoint written by :func:`save_checkpoint`: the tagger (eval mode; with its mapping and,
     when its head transfers, its teacher), the encoder it reads (the saved fine-tuned one, or the named
     frozen one) and its training config as the dict saved; tagger, encoder and teacher on ``device`` (a
-    device setting, :func:`~xner_lib.device.resolve_device`)."""
+    device setting, :func:`~xner_lib.device.resolve_device`). A checkpoint whose files do not match the sizes and
+    checksums its ``config.json`` records (:func:`checkpoint_problems`: a file truncated, missing or changed) is
+    refused with a ``ValueError`` naming each file, never loaded."""
     place = resolve_device(device)
     directory = Path(directory)
+    problems = checkpoint_problems(directory)
+    if problems:
+        raise ValueError(f"{directory}: an incomplete or corrupt checkpoint: " + "; ".join(problems))
     meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     train = dict(meta["train"])
     if meta["finetuned"]:

@@ -160,6 +160,22 @@ def repair_orphans(tags: list[str]) -> Counter[str]:
     return repaired
 
 
+#: the most digits a Weibo position may have (real ones have one or two; Python refuses to parse > 4300)
+_MAX_POSITION_DIGITS = 6
+
+
+def _weibo_token(tok: str) -> tuple[str, int] | str:
+    """A Weibo token split into its character and its position inside its jieba word (``310`` is ``3`` at
+    position 10; two leading U+FFFD are one character), or the reason it cannot be (a problem line)."""
+    width = 2 if tok.startswith(_DOUBLE_FFFD) else 1
+    char, digits = tok[:width], tok[width:]
+    if not (digits.isascii() and digits.isdigit()):
+        return f"Weibo token {tok!r} lacks its position digits (ASCII 0-9 after the character)"
+    if len(digits) > _MAX_POSITION_DIGITS:
+        return f"Weibo token {tok[:12]!r}... has a position of {len(digits)} digits"
+    return char, int(digits)
+
+
 def read_file(path: str | Path, fmt: str, *, name: str = "", split: str = "") -> Dataset:
     """Read and validate one corpus file of format ``fmt`` (``conll``, ``weibo``, ``peoples_daily``).
 
@@ -199,7 +215,7 @@ def read_file(path: str | Path, fmt: str, *, name: str = "", split: str = "") ->
         if not line.strip():
             close()
             continue
-        if fmt == "conll" and line.startswith(_DOCSTART):
+        if fmt == "conll" and line.split(maxsplit=1)[0] == _DOCSTART:
             close()
             docs += 1
             continue
@@ -212,13 +228,12 @@ def read_file(path: str | Path, fmt: str, *, name: str = "", split: str = "") ->
             problems.append(f"{where}:{lineno}: unknown tag {tag!r} for format {fmt}")
             continue
         if fmt == "weibo":
-            width = 2 if tok.startswith(_DOUBLE_FFFD) else 1
-            char, digits = tok[:width], tok[width:]
-            if not digits.isdigit():
-                problems.append(f"{where}:{lineno}: Weibo token {tok!r} lacks its position digits")
+            split = _weibo_token(tok)
+            if isinstance(split, str):
+                problems.append(f"{where}:{lineno}: {split}")
                 continue
-            tok = char
-            positions.append(int(digits))
+            tok, pos = split
+            positions.append(pos)
         tokens.append(tok)
         tags.append(tag)
         lines.append(lineno)
