@@ -33,7 +33,8 @@ def test_conll_reader_keeps_tokens_tags_lines_and_docs(fixtures: Path) -> None:
 
 def test_weibo_reader_splits_char_from_position_digits(fixtures: Path) -> None:
     with pytest.warns(UserWarning, match="repaired 1 orphan"):
-        ds = read_file(fixtures / "weibo_small.txt", "weibo")
+        ds = read_file(fixtures / "weibo_small.txt", "weibo", name="weibo", split="test")
+    assert (ds.name, ds.split) == ("weibo", "test")  # a token's parse once overwrote the split
     first, second = ds.sentences
     assert first.tokens == list("我爱北京的张三老师")
     assert first.word_pos == [0, 1, 0, 1, 0, 0, 1, 0, 1]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import resource
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +34,7 @@ import torch
 from .data import Dataset
 from .encoders import Encoder, load_encoder
 from .evaluate import git_state, package_versions, primary_view, score_dataset
-from .files import write_atomic
+from .files import scratch_dir, write_atomic
 
 
 @dataclass
@@ -100,7 +99,7 @@ def bench_extraction(encoder: Encoder, dataset: Dataset, limit_gflops: float) ->
 
     encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units="token")
     pieces = [len(e.input_ids) + 2 for e in encoded]  # [CLS] and [SEP]
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         t0 = time.perf_counter()
         cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
         seconds = time.perf_counter() - t0
@@ -223,8 +222,8 @@ def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Datase
         raise ValueError(f"peer: the encoder's weights do not fit BertForTokenClassification ({missing}, {unexpected})")
     rows, _ = _peer_features(encoder.tokenizer, [s.tokens for s in train_set.sentences],
                              [s.tags for s in train_set.sentences], index, encoder.max_length)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+    with scratch_dir() as tmp:
+        args = TrainingArguments(output_dir=str(tmp), max_steps=steps, per_device_train_batch_size=batch_size,
                                  learning_rate=lr, warmup_steps=max(1, steps // 10), weight_decay=0.01, seed=seed,
                                  report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
                                  dataloader_num_workers=0, disable_tqdm=True)

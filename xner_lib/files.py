@@ -122,6 +122,14 @@ def _replace_dir(tmp: Path, target: Path, prefix: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A fresh temporary directory, removed with everything in it on exit: for work that must not reuse or keep
+    anything (a cold-cache measurement, a library's output directory)."""
+    with tempfile.TemporaryDirectory(prefix="xner-") as tmp:
+        yield Path(tmp)
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files and directories of ``path`` (``.<name>.tmp-<pid>...``) whose process no
     longer runs; return what was removed. Those of live processes (this one included) are kept."""

@@ -228,11 +228,11 @@ def read_file(path: str | Path, fmt: str, *, name: str = "", split: str = "") ->
             problems.append(f"{where}:{lineno}: unknown tag {tag!r} for format {fmt}")
             continue
         if fmt == "weibo":
-            split = _weibo_token(tok)
-            if isinstance(split, str):
-                problems.append(f"{where}:{lineno}: {split}")
+            parsed = _weibo_token(tok)  # not `split`: that is the dataset's split, a parameter
+            if isinstance(parsed, str):
+                problems.append(f"{where}:{lineno}: {parsed}")
                 continue
-            tok, pos = split
+            tok, pos = parsed
             positions.append(pos)
         tokens.append(tok)
         tags.append(tag)
