@@ -16,10 +16,10 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from .data import Dataset
-from .decoding import DecodeConfig
 from .evaluate import score_dataset, write_metrics
 from .experiment import EVAL_SETS, KEY_SETS, METHOD_VERSION, Experiment, data_identity, read_cached, run_key
 from .feature_crf import FeatureCrfConfig, train_feature_crf
@@ -45,12 +45,17 @@ def aligned_space(exp: Experiment, config: StaticVectorConfig) -> AlignedSpace:
     return build_aligned_space(exp.encoder, english, chinese, exp.out / "alignment", config, progress=exp.progress)
 
 
-def _key_parts(name: str, config: Mapping[str, Any], space: AlignedSpace, data: Mapping[str, Dataset],
-               decode: DecodeConfig) -> dict[str, Any]:
+def _row_cache(exp: Experiment, name: str, config: Mapping[str, Any], seed: int, space: AlignedSpace
+               ) -> tuple[dict[str, Any], str, Path, dict[str, Any] | None]:
+    """A row's run key parts, run key, ``metrics.json`` path and the cached record when it can be read back
+    (:func:`~xner_lib.experiment.read_cached`, else None)."""
     parts = {"method_version": METHOD_VERSION, "variant": name, "config": dict(config),
-             "space": space.identity(), "data": {k: data_identity(data[k]) for k in KEY_SETS},
-             "evaluation": {"decode": asdict(decode)}}
-    return json.loads(json.dumps(parts, sort_keys=True, default=str))
+             "space": space.identity(), "data": {k: data_identity(exp.data[k]) for k in KEY_SETS},
+             "evaluation": {"decode": asdict(exp.decode)}}
+    parts = json.loads(json.dumps(parts, sort_keys=True, default=str))
+    key = run_key(parts)
+    path = exp.out / "runs" / f"{name}-seed{seed}" / "metrics.json"
+    return parts, key, path, read_cached(path, key, parts, fresh=exp.fresh)
 
 
 def _score(predict, data: Mapping[str, Dataset]) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
@@ -68,10 +73,7 @@ def _score(predict, data: Mapping[str, Dataset]) -> tuple[dict[str, Any], dict[s
 def run_feature_crf(exp: Experiment, config: FeatureCrfConfig, space: AlignedSpace) -> dict[str, Any]:
     """Table 3's CRF row (:mod:`~xner_lib.feature_crf`) for ``config.seed`` (it seeds the k-means), trained or
     read back. Decoded with ``exp.decode`` under the IOB2 constraints."""
-    parts = _key_parts(FEATURE_CRF, asdict(config), space, exp.data, exp.decode)
-    key = run_key(parts)
-    path = exp.out / "runs" / f"{FEATURE_CRF}-seed{config.seed}" / "metrics.json"
-    cached = read_cached(path, key, parts, fresh=exp.fresh)
+    parts, key, path, cached = _row_cache(exp, FEATURE_CRF, asdict(config), config.seed, space)
     if cached is not None:
         return cached
     model = train_feature_crf(config, space, exp.data["conll_train"])
@@ -91,10 +93,7 @@ def run_static_tagger(exp: Experiment, cfg: TrainConfig, space: AlignedSpace) ->
     """Table 3's static-vector BiLSTM-CRF row (:mod:`~xner_lib.static_tagger`) for ``cfg.seed``: the plain head
     on the aligned static vectors (a frozen-feature ``cfg``), CoNLL dev selecting its weights; trained or read
     back. Decoded with ``exp.decode``."""
-    parts = _key_parts(STATIC_TAGGER, key_config(cfg), space, exp.data, exp.decode)
-    key = run_key(parts)
-    path = exp.out / "runs" / f"{STATIC_TAGGER}-seed{cfg.seed}" / "metrics.json"
-    cached = read_cached(path, key, parts, fresh=exp.fresh)
+    parts, key, path, cached = _row_cache(exp, STATIC_TAGGER, key_config(cfg), cfg.seed, space)
     if cached is not None:
         return cached
     run = train_static_tagger(cfg, space, exp.data["conll_train"], exp.data["conll_dev"], progress=exp.progress)
