@@ -214,8 +214,9 @@ def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Datase
     encoder = load_encoder(encoder_name)
     labels = list(MODEL_LABELS)
     index = {t: i for i, t in enumerate(labels)}
-    config = replace_config(encoder.model.config, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                            label2id=index)
+    base = encoder.model.config
+    config = base.__class__.from_dict({**base.to_dict(), "num_labels": len(labels),
+                                       "id2label": dict(enumerate(labels)), "label2id": index})
     model = BertForTokenClassification(config)
     missing, unexpected = model.bert.load_state_dict(encoder.model.state_dict(), strict=False)
     if missing or [k for k in unexpected if not k.startswith("pooler.")]:
@@ -240,18 +241,13 @@ def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Datase
             "scores": scores, "words_cut": cut, "peak_rss_mib": peak_rss_mib()}
 
 
-def replace_config(config: Any, **changes: Any) -> Any:
-    """A copy of a transformers config with ``changes``."""
-    out = config.__class__.from_dict({**config.to_dict(), **changes})
-    return out
-
-
 def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Path | None = None,
               out: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every measurement of the module docstring for a profile's ``params`` (as notebooks get them); appends the
     record to ``out/bench.json`` (default ``results/<profile>/bench.json``) and returns it. ``teacher_dir``: a
     saved baseline, needed by the transfer variants (default: the profile's ``checkpoints/baseline-seed1``
     when it exists)."""
+    from .batches import prepare
     from .config import from_params, results_dir
     from .experiment import experiment_from_params, resolve_variants
     from .train import TrainConfig
@@ -269,15 +265,21 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
 
     batch = int(params["train_batch_size"])
     cut = max(config.steps * batch, config.extraction_sentences, config.inference_sentences)
-    exp = experiment_from_params({**params, "max_sentences": cut})
-    ex = bench_extraction(exp.encoder, exp.data["conll_train"].head(config.extraction_sentences), limit)
+    loaded = experiment_from_params({**params, "max_sentences": cut})  # the encoder and data, loaded once
+
+    def first(n: int) -> Any:
+        """The experiment over the first ``n`` sentences of every set (as ``max_sentences: n`` would read them)."""
+        return replace(loaded, data={k: d.head(n) for k, d in loaded.data.items()},
+                       unlabelled=[d.head(n) for d in loaded.unlabelled])
+
+    ex = bench_extraction(loaded.encoder, loaded.data["conll_train"].head(config.extraction_sentences), limit)
     record["extraction"] = ex
     log(f"extraction: {ex['tokens_per_s']:.0f} tokens/s, {ex['gflops']:.1f} GFLOP/s = "
         f"{100 * ex['share_of_limit']:.0f}% of the limit")
 
     base = from_params(TrainConfig, params, "train_")
     variants = resolve_variants(base, params.get("variants", {"baseline": {}}))
-    exp = experiment_from_params({**params, "max_sentences": config.steps * batch})
+    exp = first(config.steps * batch)
     teacher_dir = teacher_dir or out / "checkpoints" / "baseline-seed1"
     teacher = None
     if (teacher_dir / "config.json").is_file():
@@ -293,8 +295,8 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
     record["training_skipped"] = {v: "no saved baseline to be its teacher" for v in skipped}
 
     if rows:
-        full = experiment_from_params({**params, "max_sentences": config.inference_sentences})
-        prepared = full.corpora(frozen=False).peoples_daily_test
+        prepared = prepare(loaded.data["peoples_daily_test"].head(config.inference_sentences), loaded.encoder,
+                           frozen=False, zh_units=loaded.zh_units)
         inf = bench_inference(rows[0]["tagger"], prepared, int(params.get("train_eval_batch_size", 64)))
         record["inference"] = inf
         log(f"inference: {inf['sentences_per_s']:.1f} sentences/s (People's Daily test)")
