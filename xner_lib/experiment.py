@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -409,8 +410,6 @@ def few_shot_sample(dataset: Dataset, size: int, seed: int) -> Dataset:
     """The first ``size`` sentences of a fixed permutation (``random.Random(seed)``) of ``dataset``, in that
     order: a larger sample holds every smaller one, so a few-shot curve adds sentences rather than redrawing.
     Its path is not a file, so its run-key identity is its content (:func:`data_identity`)."""
-    import random
-
     if not 0 <= size <= len(dataset):
         raise ValueError(f"few_shot: size {size} outside 0..{len(dataset)} ({dataset.path})")
     order = list(range(len(dataset)))
@@ -625,9 +624,9 @@ class Experiment:
         fs = cfg.few_shot_config
         if fs is not None:
             sample = self.few_shot_sample(fs)
-            streams.few_shot = self._prepare(f"few_shot-{data_identity(sample)['content_sha256'][:16]}", sample, frozen)
+            name = f"few_shot-{fs.size}-{fs.sample_seed}"  # the sample is fixed by these and the source
+            streams.few_shot = self._prepare(f"{name}-{fs.source}", sample, frozen)
             if streams.teacher is not None:
-                name = f"few_shot-{fs.size}-{fs.sample_seed}"
                 streams.few_shot = replace(streams.few_shot,
                                            teacher=self._teacher_features(streams.teacher, name, sample))
             streams.summary["few_shot"] = {"sentences": len(sample), "tokens": sample.n_tokens,

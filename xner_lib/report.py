@@ -389,16 +389,16 @@ def few_shot_frame(metrics: Iterable[dict], names: Mapping[str, str], sizes: Seq
     """The few-shot curve (issue 14) in long form: one row per (model, sentences added, seed, set) with strict
     P, R and F1 on the Chinese test sets (:data:`TABLE5_SETS`). ``names`` maps a variant to its label; runs
     are named ``<prefix><variant>-fs<size>`` (:func:`~xner_lib.experiment.few_shot_variants`)."""
+    runs = {f"{prefix}{variant}-fs{n}": (label, int(n)) for variant, label in names.items() for n in sizes}
     rows = []
     for m in metrics:
-        for variant, label in names.items():
-            for n in sizes:
-                if m["variant"] != f"{prefix}{variant}-fs{n}":
-                    continue
-                for key, view, col, _ in TABLE5_SETS:
-                    s = m["scores"][key][view]["strict"]
-                    rows.append({"model": label, "sentences": int(n), "seed": m["seed"], "dataset": col,
-                                 "precision": s["precision"], "recall": s["recall"], "f1": s["f1"]})
+        if m["variant"] not in runs:
+            continue
+        label, n = runs[m["variant"]]
+        for key, view, col, _ in TABLE5_SETS:
+            s = m["scores"][key][view]["strict"]
+            rows.append({"model": label, "sentences": n, "seed": m["seed"], "dataset": col,
+                         "precision": s["precision"], "recall": s["recall"], "f1": s["f1"]})
     return pd.DataFrame(rows, columns=["model", "sentences", "seed", "dataset", "precision", "recall", "f1"])
 
 
