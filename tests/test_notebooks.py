@@ -45,6 +45,15 @@ def _run(name: str, tmp_path: Path) -> Path:
     return tmp_path / "results" / "smoke"
 
 
+def _with_cpu_lexicon(tmp_path: Path) -> Path:
+    """The smoke results' ``alignment/`` holding the committed cpu lexicon (02 runs before 03-05 in run_all.sh and
+    writes its own; here the cpu one stands in for it)."""
+    alignment = tmp_path / "results" / "smoke" / "alignment"
+    alignment.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    return alignment
+
+
 @pytest.mark.slow
 def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path) -> None:
     res = _run("01_data.ipynb", tmp_path)
@@ -64,10 +73,7 @@ def test_01_data_smoke_writes_table1_and_figures(tmp_path: Path, data_dir: Path)
 
 @pytest.mark.slow
 def test_03_training_smoke_writes_table4_and_metrics(tmp_path: Path, data_dir: Path) -> None:
-    # 02 runs before 03 (run_all.sh): the transfer's lexicon is 02's; here the committed cpu one stands in
-    alignment = tmp_path / "results" / "smoke" / "alignment"
-    alignment.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    _with_cpu_lexicon(tmp_path)  # the transfer's lexicon
     res = _run("03_training.ipynb", tmp_path)
     t4 = pd.read_csv(res / "tables" / "table4.csv")
     assert {"model", "dataset", "f1_mean", "f1_std", "n_seeds", "paper_f1"} <= set(t4.columns)
@@ -114,9 +120,7 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
 
     # 02 runs before 04 (run_all.sh): its lexicon (the committed cpu one stands in) and a map of the tiny
     # encoder's size for the "U started from 02's map" row
-    alignment = tmp_path / "results" / "smoke" / "alignment"
-    alignment.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    alignment = _with_cpu_lexicon(tmp_path)
     from xner_lib.encoders import load_encoder
 
     np.save(alignment / "mapping.npy", np.eye(load_encoder("tiny-random-bert").hidden_size, dtype=np.float32))
@@ -161,10 +165,7 @@ def test_06_report_smoke_writes_report_md_from_the_tables_it_finds(tmp_path: Pat
 
 @pytest.mark.slow
 def test_05_case_study_smoke_writes_figure4_heat_maps_and_error_tables(tmp_path: Path, data_dir: Path) -> None:
-    # 02 runs before 05 (run_all.sh): the transfer's lexicon is 02's; here the committed cpu one stands in
-    alignment = tmp_path / "results" / "smoke" / "alignment"
-    alignment.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment / "lexicon.tsv")
+    _with_cpu_lexicon(tmp_path)  # the transfer's lexicon
     res = _run("05_case_study.ipynb", tmp_path)
     # Figure 4 for the first test sentence of each Chinese set and the paper's own sentence
     for name in ("weibo_test_0", "peoples_daily_test_0", "text_0"):
