@@ -149,6 +149,11 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
     assert {"feature_crf-seed1", "static_bilstm_crf-seed1", "frozen-seed1", "shared-adv_att_pos-fs5-seed1",
             "shared-baseline-fs5-seed1", "shared-baseline-seed1"} <= {
         m.parent.name for m in (res / "runs").glob("*/metrics.json")}
+    beyond = pd.read_csv(res / "tables" / "beyond.csv")
+    assert beyond.change.tolist() == ["reference", "Full model", "Self-training (baseline teacher)"]
+    assert beyond["Weibo (NAM+NOM) F1"].notna().all() and beyond["People's Daily diff"].notna().tolist() == [
+        False, True, True]
+    assert (res / "runs" / "self_training-seed1" / "metrics.json").is_file()
 
 
 @pytest.mark.slow

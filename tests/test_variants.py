@@ -30,7 +30,7 @@ from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
-                  "without_transfer", "without_adversarial", "u_from_alignment")
+                  "without_transfer", "without_adversarial", "u_from_alignment", "self_training")
 
 
 def _profile(name: str) -> dict:
@@ -342,3 +342,43 @@ def test_few_shot_sentences_train_as_their_own_stream_and_key_the_run(experiment
     corpora = experiment.corpora(frozen=False)
     with pytest.raises(ValueError, match="few_shot"):
         train(cfg, experiment.encoder, corpora.conll_train, corpora.conll_dev, progress=False)
+
+
+def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experiment: Experiment,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    st, base = experiment.run_all(variants, [1], only=["self_training", "baseline"])
+    n_text = sum(len(d) for d in experiment.unlabelled)
+    inputs = st["extra"]["run_key_parts"]["inputs"]["self_training"]
+    assert inputs["teacher"] == base["extra"]["run_key"]  # the same seed's baseline labels the text
+    assert [u["sentences"] for u in inputs["unlabelled"]] == [len(d) for d in experiment.unlabelled]
+    summary = st["extra"]["streams"]["self_training"]
+    assert summary["sentences"] == n_text
+    assert st["extra"]["label_counts"].get("self_training.entities", 0) == sum(summary["entities"].values())
+    history = st["extra"]["history"]
+    every = variants["self_training"].self_training_config.every  # type: ignore[union-attr]
+    assert [h["step"] for h in history if "loss_self_training" in h] == [
+        h["step"] for h in history if (h["step"] - 1) % every == 0]
+    # the pseudo-labels are the teacher checkpoint's tags under the experiment's decoding, never the gold tags
+    labeller = (experiment.out / "checkpoints" / "baseline-seed1", base)
+    pseudo = experiment.pseudo_labelled(labeller)
+    teacher = Tagger.from_pretrained(labeller[0])
+    teacher.inference = replace(teacher.inference, decode=experiment.decode)
+    assert [s.tags for s in pseudo.sentences] == teacher.predict_dataset(text_only(experiment.unlabelled))
+    assert [s.tokens for s in pseudo.sentences] == [s.tokens for d in experiment.unlabelled for s in d.sentences]
+    assert not any(t.endswith("MISC") for s in pseudo.sentences for t in s.tags)  # the target's labels only
+    # read back from its cache: no teacher is loaded a second time
+    monkeypatch.setattr(Tagger, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("labelled again")))
+    assert [s.tags for s in experiment.pseudo_labelled(labeller).sentences] == [s.tags for s in pseudo.sentences]
+
+
+def test_self_training_refuses_itself_as_teacher_and_a_missing_stream(experiment: Experiment) -> None:
+    variants = resolve_variants(_base(), {"baseline": {}, "loop": {"self_training": {"teacher": "loop"}}})
+    with pytest.raises(ValueError, match="must be another variant"):
+        experiment.run_all(variants, [1], only=["loop"])
+    cfg = replace(variants["loop"], seed=1)  # type: ignore[arg-type]
+    corpora = experiment.corpora(frozen=False)
+    with pytest.raises(ValueError, match="self_training"):
+        train(cfg, experiment.encoder, corpora.conll_train, corpora.conll_dev, progress=False)
+    with pytest.raises(ConfigError, match="unknown key 'batch'"):
+        TrainConfig(self_training={"batch": 4})

@@ -34,7 +34,15 @@ from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
 from .objectives import FewShotConfig
-from .tagger import Tagger, Teacher, checkpoint_problems, load_checkpoint, predict_many, save_checkpoint
+from .tagger import (
+    InferenceSettings,
+    Tagger,
+    Teacher,
+    checkpoint_problems,
+    load_checkpoint,
+    predict_many,
+    save_checkpoint,
+)
 from .train import TrainConfig, key_config, train
 
 logger = logging.getLogger(__name__)
@@ -67,8 +75,9 @@ class Corpora:
 class Streams:
     """What a run of the paper's model reads besides :class:`Corpora` (all None for the baseline): the frozen
     ``teacher`` and the ``rendered`` CoNLL pairs of the transfer, the unlabelled Chinese ``target`` and the
-    initial ``mapping`` ``U`` of the adversarial loss; the labelled Chinese ``few_shot`` sentences (beyond the
-    paper). ``inputs`` joins the run key (:func:`run_key_parts`);
+    initial ``mapping`` ``U`` of the adversarial loss; the labelled Chinese ``few_shot`` sentences and the
+    ``pseudo``-labelled ones of self-training (beyond the paper). ``inputs`` joins the run key
+    (:func:`run_key_parts`);
     ``summary`` (coverage, sizes) goes to ``metrics.json``."""
 
     teacher: Teacher | None = None
@@ -76,6 +85,7 @@ class Streams:
     target: Prepared | None = None
     mapping: Tensor | None = None
     few_shot: Prepared | None = None
+    pseudo: Prepared | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -316,7 +326,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                              "encoder the corpora were prepared with): load the same encoder in both")
     result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress,
                    snapshot_epoch=snapshot_epoch, rendered=streams.rendered, target=streams.target,
-                   teacher=streams.teacher, mapping=streams.mapping, few_shot=streams.few_shot)
+                   teacher=streams.teacher, mapping=streams.mapping, few_shot=streams.few_shot,
+                   pseudo=streams.pseudo)
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
@@ -368,14 +379,14 @@ SPLITS: dict[str, str] = {"conll_train": "conll2003/train.txt", "conll_dev": "co
 #: the unlabelled Chinese text of the adversarial loss (their tags are never read; never a test split)
 UNLABELLED_SETS: tuple[str, ...] = ("weibo/train.txt", "peoples_daily/dev.txt")
 #: the keys of :class:`~xner_lib.train.TrainConfig` whose dict values a variant block merges key by key
-MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer")
+MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer", "self_training")
 
 
 def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] | str | None]
                      ) -> dict[str, TrainConfig | str]:
     """Each variant's :class:`~xner_lib.train.TrainConfig` from its block in a profile (``variants:``): the
-    block's fields over ``base``, the dict fields ``head``, ``adversarial`` and ``transfer`` merged key
-    by key (``{}`` or ``null`` switches the base's section off). A block that is a string names another
+    block's fields over ``base``, the dict fields ``head``, ``adversarial``, ``transfer`` and ``self_training``
+    merged key by key (``{}`` or ``null`` switches the base's section off). A block that is a string names another
     variant whose runs it shares (e.g. ``without_position: adv_att``); it stays a string. Unknown fields
     raise :class:`~xner_lib.config.ConfigError`."""
     from .config import ConfigError, did_you_mean
@@ -489,6 +500,7 @@ class Experiment:
     device: str = "cpu"
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
     _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _running: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
 
     # -- inputs, prepared once ------------------------------------------------------------------------
     def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
@@ -557,8 +569,50 @@ class Experiment:
         tmetrics = source.run(tra.teacher, tcfg, cfg.seed, tvariants, keep_checkpoint=True)
         return source.out / "checkpoints" / f"{source.prefix}{tra.teacher}-seed{cfg.seed}", tmetrics
 
-    def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None) -> dict[str, Any]:
-        """What a run reads besides the corpora, as it enters the run key (cheap: checksums and run keys)."""
+    def _labeller_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
+                      ) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint directory and metrics of the run whose tags are ``cfg``'s pseudo-labels (the
+        ``self_training`` teacher, any variant with its own block but ``name``; run or read back first), or
+        None when the variant does not self-train."""
+        st = cfg.self_training_config
+        if st is None:
+            return None
+        tcfg = variants.get(st.teacher)
+        if not isinstance(tcfg, TrainConfig) or st.teacher == name:
+            raise ValueError(f"variant '{name}': its self-training teacher '{st.teacher}' must be another variant "
+                             "with its own block")
+        tmetrics = self.run(st.teacher, tcfg, cfg.seed, variants, keep_checkpoint=True)
+        return self.out / "checkpoints" / f"{self.prefix}{st.teacher}-seed{cfg.seed}", tmetrics
+
+    def pseudo_labelled(self, labeller: tuple[Path, dict[str, Any]], device: str = "cpu") -> Dataset:
+        """The unlabelled Chinese text (:data:`UNLABELLED_SETS`) tagged by the ``labeller`` run's checkpoint
+        under this experiment's decoding and units (self-training, issue 13): one tag per token, the gold tags
+        never read. Cached on disk (``cache/pseudo``) by the labeller's run key, the text and the decoding."""
+        text = text_only(self.unlabelled, "pseudo")
+        ident = {"labeller": labeller[1]["extra"]["run_key"], "text": data_identity(text),
+                 "decode": asdict(self.decode), "zh_units": self.zh_units}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        path = self.out / "cache" / "pseudo" / f"{digest}.json"
+        tags = None
+        if path.is_file():
+            tags = _read_metrics(path)
+            tags = tags.get("tags") if tags is not None else None
+            if not (isinstance(tags, list) and [len(t) for t in tags] == [len(s) for s in text.sentences]):
+                logger.warning("%s: unreadable or mismatched pseudo-labels, recomputing", path)
+                tags = None
+        if tags is None:
+            tagger = Tagger.from_pretrained(labeller[0], device=device)
+            tagger.inference = InferenceSettings(self.zh_units, self.decode)
+            tags = tagger.predict_dataset(text, progress=self.progress)
+            write_bytes_atomic(path, lambda fh: fh.write(json.dumps({"identity": ident, "tags": tags}).encode()))
+        sentences = [Sentence(list(s.tokens), list(t), list(s.lines), s.source)
+                     for s, t in zip(text.sentences, tags, strict=True)]
+        return Dataset("pseudo", "train", text.format, Path(f"{text.path}#pseudo-{digest}"), sentences)
+
+    def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None,
+               labeller: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """What a run reads besides the corpora, as it enters the run key (cheap: checksums and run keys).
+        ``teacher``: the transfer's teacher run; ``labeller``: the self-training teacher run."""
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         out: dict[str, Any] = {}
         if tra is not None and teacher is not None:
@@ -578,6 +632,13 @@ class Experiment:
         fs = cfg.few_shot_config
         if fs is not None:
             out["few_shot"] = data_identity(self.few_shot_sample(fs))
+        if cfg.self_training_config is not None:
+            if labeller is None:
+                raise ValueError("self-training needs its teacher run (Experiment._labeller_run)")
+            if not self.unlabelled:
+                raise ValueError("self-training needs unlabelled Chinese text (Experiment.unlabelled)")
+            out["self_training"] = {"teacher": labeller[1]["extra"]["run_key"], "decode": asdict(self.decode),
+                                    "unlabelled": [data_identity(d) for d in self.unlabelled]}
         return out
 
     def few_shot_sample(self, fs: FewShotConfig) -> Dataset:
@@ -591,10 +652,10 @@ class Experiment:
                          f"({', '.join(UNLABELLED_SETS)})")
 
     def streams(self, cfg: TrainConfig, corpora: Corpora, teacher: tuple[Path, dict[str, Any]] | None,
-                frozen: bool) -> tuple[Corpora, Streams]:
+                frozen: bool, labeller: tuple[Path, dict[str, Any]] | None = None) -> tuple[Corpora, Streams]:
         """The corpora with the teacher's features (when the variant transfers) and the :class:`Streams` of
         one run: built only when the run trains (:func:`run_or_load`'s ``complete``)."""
-        streams = Streams(inputs=self.inputs(cfg, teacher))
+        streams = Streams(inputs=self.inputs(cfg, teacher, labeller))
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         if tra is not None and teacher is not None:
             from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
@@ -631,6 +692,15 @@ class Experiment:
                                            teacher=self._teacher_features(streams.teacher, name, sample))
             streams.summary["few_shot"] = {"sentences": len(sample), "tokens": sample.n_tokens,
                                            "entities": sum(sample.entity_counts().values())}
+        if cfg.self_training_config is not None:
+            assert labeller is not None
+            pseudo = self.pseudo_labelled(labeller, cfg.device)
+            streams.pseudo = self._prepare(pseudo.path.name, pseudo, frozen)
+            if streams.teacher is not None:
+                streams.pseudo = replace(streams.pseudo,
+                                         teacher=self._teacher_features(streams.teacher, pseudo.path.name, pseudo))
+            streams.summary["self_training"] = {"sentences": len(pseudo), "tokens": pseudo.n_tokens,
+                                                "entities": dict(sorted(pseudo.entity_counts().items()))}
         return corpora, streams
 
     # -- runs ----------------------------------------------------------------------------------------------
@@ -642,20 +712,29 @@ class Experiment:
         from it."""
         teachers = {v.transfer_config.teacher for v in variants.values()
                     if isinstance(v, TrainConfig) and v.transfer_config is not None} if self.teachers is None else set()
+        teachers |= {v.self_training_config.teacher for v in variants.values()
+                     if isinstance(v, TrainConfig) and v.self_training_config is not None}
         keep = self.save_checkpoints or keep_checkpoint or name in teachers
         checkpoint = self.out / "checkpoints" / f"{self.prefix}{name}-seed{seed}" / "config.json"
         if (name, seed) in self._done and (not keep or checkpoint.is_file()):
             return self._done[(name, seed)]
         cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
         frozen = not cfg.finetune
-        teacher = self._teacher_run(name, cfg, variants)
+        if (name, seed) in self._running:
+            raise ValueError(f"variant '{name}' is its own teacher's teacher (a cycle of teacher sections)")
+        self._running.add((name, seed))
+        try:
+            teacher = self._teacher_run(name, cfg, variants)
+            labeller = self._labeller_run(name, cfg, variants)
+        finally:
+            self._running.discard((name, seed))
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
         m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
                         checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
                         fresh=self.fresh, encoder=self.encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
-                        streams=Streams(inputs=self.inputs(cfg, teacher)),
-                        complete=lambda: self.streams(cfg, corpora, teacher, frozen))
+                        streams=Streams(inputs=self.inputs(cfg, teacher, labeller)),
+                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labeller))
         self._done[(name, seed)] = m
         return m
 

@@ -6,6 +6,8 @@ The training loop (:mod:`~xner_lib.train`) sums named losses with weights from t
 * ``ner``: the CRF negative log-likelihood on English CoNLL batches, ``L_ner = -log p(y|X)`` (eq. 11);
 * ``rendered``: the same loss on the word-by-word Chinese renderings of CoNLL sentences, read with the
   teacher's features of the original English (:class:`TransferConfig`, DESIGN.md Model 5);
+* ``few_shot`` and ``self_training`` (beyond the paper): the CRF loss on labelled Chinese sentences, gold
+  (:class:`FewShotConfig`) or a teacher's pseudo-labels (:class:`SelfTrainingConfig`);
 * ``adversarial``: the generator loss of eqs 6-7 on flipped, smoothed labels, weight ``lambda``
   (:class:`AdversarialConfig`): English unit vectors mapped by ``U`` (eq. 2) against Chinese unit vectors
   of an unlabelled batch; its gradient reaches ``U`` and, fine-tuned, the encoder.
@@ -114,9 +116,34 @@ class FewShotConfig:
             raise ValueError(f"few_shot: the labelled sentences must not come from a test split, got {self.source!r}")
 
 
+@dataclass
+class SelfTrainingConfig:
+    """Teacher-student self-training on unlabelled Chinese text (issue 13, beyond the paper;
+    ``TrainConfig.self_training``; Wu et al., ACL 2020, "Single-/Multi-Source Cross-Lingual NER via
+    Teacher-Student Learning on Unlabeled Data in Target Language").
+
+    The ``teacher`` variant's run of the same seed (trained on English only) tags the unlabelled Chinese text
+    of the experiment (Weibo train and People's Daily dev, never a test split) with the profile's decoding
+    (the target's labels, the link rule); its tags are *hard* pseudo-labels. A student, started like every
+    run from the pretrained encoder, trains on CoNLL as usual plus a stream of ``batch_size`` pseudo-labelled
+    sentences every ``every``-th step, their CRF loss (eq. 11) added with ``weight``. Selection stays on
+    CoNLL dev. Wu et al. distil soft token distributions into a student trained on the target text alone; a
+    CRF's hard labels and the English stream kept beside them are our choices (docs/method.md, Self-training)."""
+
+    teacher: str = "baseline"
+    batch_size: int = 8
+    every: int = 1
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.every < 1 or self.weight < 0:
+            raise ValueError(f"self_training: batch_size and every >= 1, weight >= 0 required: {self}")
+
+
 def parse_section(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    """A config section (``TrainConfig.adversarial``, ``.transfer``, ``.few_shot``) as its dataclass; None when
-    empty (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError` with a suggestion."""
+    """A config section (``TrainConfig.adversarial``, ``.transfer``, ``.few_shot``, ``.self_training``) as its
+    dataclass; None when empty (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError`
+    with a suggestion."""
     if not values:
         return None
     known = {f.name for f in fields(cls)}

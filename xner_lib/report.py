@@ -214,6 +214,10 @@ CHANGE_SETS: tuple[tuple[str, str, str], ...] = (
     ("weibo_test", "weibo_nam", "Weibo (NAM)"),
     ("peoples_daily_test", "peoples_daily", "People's Daily"),
 )
+#: the beyond table's sets (issue 13): the change table's, with WeiboNER's named and nominal mentions
+BEYOND_SETS: tuple[tuple[str, str, str], ...] = (
+    *CHANGE_SETS[:3], ("weibo_test", "weibo_nam_nom", "Weibo (NAM+NOM)"), CHANGE_SETS[3],
+)
 
 
 def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -228,14 +232,15 @@ def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float,
     return mean, mean - half, mean + half
 
 
-def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, tuple[str, str]],
+                 sets: Sequence[tuple[str, str, str]] = CHANGE_SETS) -> pd.DataFrame:
     """The effect of each change against the ``reference`` variant's runs, paired by seed (issue 10).
 
     ``changes`` maps a row label to ``("decode", name)`` (the reference runs scored another way:
     ``extra.variant_scores[name]``, e.g. ``no_links``, ``units:token``, ``epoch1``) or ``("run", variant)``
-    (other runs, e.g. trained without MISC). Per set of :data:`CHANGE_SETS`: strict F1 mean and std over
-    seeds, and the mean paired difference (change minus reference) with its 95% t-interval. A set a change
-    does not score is left empty.
+    (other runs, e.g. trained without MISC). Per set of ``sets`` (default :data:`CHANGE_SETS`): strict F1
+    mean and std over seeds, and the mean paired difference (change minus reference) with its 95%
+    t-interval. A set a change does not score is left empty.
     """
     metrics = list(metrics)
     ref = {m["seed"]: m for m in metrics if m["variant"] == reference}
@@ -258,7 +263,7 @@ def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, 
         else:
             raise ValueError(f"change {label!r}: kind must be 'decode' or 'run', got {kind!r}")
         row: dict[str, object] = {"change": label, "seeds": " ".join(str(x) for x in sorted(runs))}
-        for key, view, col in CHANGE_SETS:
+        for key, view, col in sets:
             pairs = [(f1(sc, key, view), f1(ref[seed]["scores"], key, view)) for seed, sc in sorted(runs.items())
                      if seed in ref]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]

@@ -33,6 +33,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "table5": ("Table 5: ablations of the full model, two protocols", "04_ablation"),
     "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
     "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
+    "beyond": ("Beyond the paper: levers on zero-shot F1, each paired against the baseline", "04_ablation"),
     "errors_by_type": ("Errors by type over the Chinese test sets (one seed)", "05_case_study"),
 }
 
@@ -43,6 +44,7 @@ COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 5, shared protocol (04)": (r"shared-(?!.*-fs[0-9]+$).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
     "Few-shot curve (04)": (r"(shared-)?[a-z_]+-fs[0-9]+",),
+    "Beyond the paper (04)": (r"self_training",),
 }
 
 _CI = re.compile(r"\[\s*([+-]?(?:nan|[0-9.]+))\s*,\s*([+-]?(?:nan|[0-9.]+))\s*\]")
@@ -167,6 +169,8 @@ def render(g: Gathered, profile: str) -> str:
         reading += paired_readings(g.tables["baseline_changes"], "change")
     if "table5" in g.tables:
         reading += paired_readings(g.tables["table5"], "model", ("joint", "shared"))
+    if "beyond" in g.tables:
+        reading += paired_readings(g.tables["beyond"], "change")
     lines += [f"- {r}" for r in reading] or ["- No table with results yet."]
     lines += ["", "A paired difference is a gain or a loss only when its whole 95% t-interval over seeds lies on one "
               "side of zero."]

@@ -1,12 +1,14 @@
 """Training the tagger on English CoNLL-2003 (paper sections 3 and 4.2): the loop over several streams.
 
-Each step draws from up to three streams and sums named losses (:mod:`~xner_lib.objectives`):
+Each step draws from up to five streams and sums named losses (:mod:`~xner_lib.objectives`):
 
 * English CoNLL batches (always): ``ner``, the CRF loss of eq. 11;
 * Chinese renderings of CoNLL sentences with projected labels, read with a frozen teacher's features
   (``TrainConfig.transfer``): ``rendered``;
 * unlabelled Chinese batches (``TrainConfig.adversarial``): ``adversarial``, the generator loss of eqs 6-7,
-  after a step of the word discriminator (eqs 4-5) on the same units.
+  after a step of the word discriminator (eqs 4-5) on the same units;
+* beyond the paper, labelled Chinese sentences: gold ones of a dev split (``TrainConfig.few_shot``) or the
+  unlabelled text tagged by a teacher run (``TrainConfig.self_training``): ``few_shot``, ``self_training``.
 
 Optimizer groups: the head, the encoder (with and without weight decay) and the map ``U`` of eq. 2, one
 AdamW with a linear warm-up and decay; the discriminator has its own SGD (:class:`~xner_lib.objectives.Adversary`).
@@ -51,7 +53,15 @@ from .device import (
 from .encoders import Encoder
 from .evaluate import score
 from .model import HeadConfig
-from .objectives import AdversarialConfig, Adversary, FewShotConfig, TransferConfig, parse_section, sample_units
+from .objectives import (
+    AdversarialConfig,
+    Adversary,
+    FewShotConfig,
+    SelfTrainingConfig,
+    TransferConfig,
+    parse_section,
+    sample_units,
+)
 from .progress import progress as progress_bar
 from .tagger import Tagger, Teacher, build_tagger, predict
 from .units import UnitTagCounts
@@ -81,7 +91,9 @@ class TrainConfig:
     eqs 4-7 inside training) and ``transfer`` (:class:`~xner_lib.objectives.TransferConfig`, the
     reverse-attention transfer) are off when empty. A variant is a block of these settings in a profile.
     ``few_shot`` (:class:`~xner_lib.objectives.FewShotConfig`, beyond the paper) adds labelled Chinese
-    sentences as a stream of their own; off when empty or of size 0.
+    sentences as a stream of their own; off when empty or of size 0. ``self_training``
+    (:class:`~xner_lib.objectives.SelfTrainingConfig`, issue 13) adds the unlabelled Chinese text tagged by a
+    teacher run as a stream of pseudo-labelled sentences; off when empty.
 
     Device (issue 16; :mod:`~xner_lib.device`): ``device`` is ``cpu`` (the default: every run before it was made
     on the CPU), ``auto`` (a CUDA GPU when there is one), ``cuda`` or ``cuda:N``; ``precision`` is ``auto``
@@ -110,6 +122,7 @@ class TrainConfig:
     adversarial: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
     few_shot: dict[str, Any] = field(default_factory=dict)
+    self_training: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "auto"
 
@@ -126,6 +139,7 @@ class TrainConfig:
         self.adversarial_config  # noqa: B018 (validates the section)
         self.transfer_config  # noqa: B018
         self.few_shot_config  # noqa: B018
+        self.self_training_config  # noqa: B018
         if "teacher_dim" in self.head:
             raise ValueError("head.teacher_dim comes from the teacher (the transfer section); do not set it")
         if self.patience is not None and self.patience < 1:
@@ -148,12 +162,18 @@ class TrainConfig:
         cfg = parse_section(FewShotConfig, self.few_shot, "TrainConfig.few_shot")
         return cfg if cfg is not None and cfg.size > 0 else None
 
+    @property
+    def self_training_config(self) -> SelfTrainingConfig | None:
+        """The ``self_training`` section as :class:`~xner_lib.objectives.SelfTrainingConfig` (None: off)."""
+        return parse_section(SelfTrainingConfig, self.self_training, "TrainConfig.self_training")
+
 
 #: Fields added to :class:`TrainConfig` after method version 2, with the value that reproduces the code before
 #: them. A run key leaves such a field out while it holds that value (:func:`key_config`), so adding a field
 #: does not orphan the runs made before it; any other value is part of the key.
 #: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
-KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "device": "cpu", "precision": "auto"}
+KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "self_training": {}, "device": "cpu",
+                               "precision": "auto"}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -234,7 +254,8 @@ def _labels(ids: Sequence[Sequence[int]], batch: Sequence[int], shape: torch.Siz
 def _stream_loss(tagger: Tagger, data: Prepared, ids: Sequence[Sequence[int]], batch: list[int], amp: Any,
                  device: torch.device) -> Tensor:
     """The CRF loss (eq. 11) of sentences ``batch`` of a labelled stream other than CoNLL train (the rendered
-    pairs, the few-shot Chinese sentences), with their teacher's features when they have them."""
+    pairs, the few-shot and the pseudo-labelled Chinese sentences), with their teacher's features when they
+    have them."""
     with amp.autocast():
         feats, mask = tagger.features([data.encoded[i] for i in batch], [data.cached[i] for i in batch]
                                       if data.cached is not None else None, data.dataset.language)
@@ -246,7 +267,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
           progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
           snapshot_epoch: float | None = None, rendered: Prepared | None = None, target: Prepared | None = None,
           teacher: Teacher | None = None, mapping: Tensor | None = None,
-          few_shot: Prepared | None = None) -> TrainResult:
+          few_shot: Prepared | None = None, pseudo: Prepared | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
     ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood (eq. 11) plus the named losses the
     config switches on (module docstring).
@@ -256,7 +277,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     ``rendered``: the Chinese renderings of CoNLL train with projected labels; with ``cfg.adversarial``,
     ``target``: unlabelled Chinese sentences (their tags are never read) and ``mapping``: the initial ``U``
     (None: the identity). With ``cfg.few_shot``, ``few_shot``: the labelled Chinese sentences it adds (with the
-    teacher's features when the variant transfers).
+    teacher's features when the variant transfers). With ``cfg.self_training``, ``pseudo``: the unlabelled
+    Chinese sentences with a teacher's tags as their labels (the same checks as ``few_shot``).
 
     CoNLL dev is evaluated at steps ``round(k * steps_per_epoch / evals_per_epoch)`` (so epoch boundaries are
     evaluation points) and at the last step. A run trained without some CoNLL type (``misc_class=False``) is
@@ -283,12 +305,19 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         raise ValueError("rendered pairs go with the transfer section")
     if mapping is not None and adv is None:
         raise ValueError("an initial map U goes with the adversarial section")
-    fs = cfg.few_shot_config
+    fs, st = cfg.few_shot_config, cfg.self_training_config
     if (fs is None) != (few_shot is None):
         raise ValueError("labelled Chinese sentences (few_shot) go with a few_shot section of size > 0, and only "
                          "with it")
-    if fs is not None and few_shot is not None and tra is not None and few_shot.teacher is None:
-        raise ValueError("transfer: the teacher's features are missing from few_shot")
+    if (st is None) != (pseudo is None):
+        raise ValueError("pseudo-labelled Chinese sentences (pseudo) go with the self_training section, and only "
+                         "with it")
+    # the labelled Chinese streams (beyond the paper): name, section, sentences
+    chinese = [(n, c, d) for n, c, d in (("few_shot", fs, few_shot), ("self_training", st, pseudo))
+               if c is not None and d is not None]
+    for n, _, d in chinese:
+        if tra is not None and d.teacher is None:
+            raise ValueError(f"transfer: the teacher's features are missing from {n}")
     device = resolve_device(cfg.device)  # fails at once, with one message, for a GPU this machine lacks
     amp = mixed_precision(device, cfg.precision)
     if cfg.threads:
@@ -304,7 +333,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     tagger.teacher = teacher
     adversary = Adversary(adv, encoder.hidden_size, cfg.seed, device=device) if adv is not None else None
     for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target),
-                       ("few_shot", few_shot)):
+                       ("few_shot", few_shot), ("self_training", pseudo)):
         if data is None:
             continue
         if cfg.finetune and data.cached is not None:
@@ -318,16 +347,17 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     rendered_ids = (label_ids(rendered.encoded, [s.tags for s in rendered.dataset.sentences], labels,
                               counts=rendered_counts) if rendered is not None else None)
     label_counts.update({f"rendered.{k}": v for k, v in rendered_counts.items()})
-    few_counts = UnitTagCounts()
-    few_ids = (label_ids(few_shot.encoded, [s.tags for s in few_shot.dataset.sentences], labels, counts=few_counts)
-               if few_shot is not None else None)
-    label_counts.update({f"few_shot.{k}": v for k, v in few_counts.items()})
+    chinese_ids: dict[str, list[list[int]]] = {}
+    for n, _, d in chinese:
+        stream_counts = UnitTagCounts()
+        chinese_ids[n] = label_ids(d.encoded, [s.tags for s in d.dataset.sentences], labels, counts=stream_counts)
+        label_counts.update({f"{n}.{k}": v for k, v in stream_counts.items()})
     lengths = [len(e.input_ids) for e in train_data.encoded]
     rng = random.Random(cfg.seed)
     rendered_batches = (_cycle([len(e.input_ids) for e in rendered.encoded], tra.rendered_batch_size,
                                random.Random(f"{cfg.seed}-rendered")) if rendered is not None and tra else None)
-    few_batches = (_cycle([len(e.input_ids) for e in few_shot.encoded], fs.batch_size,
-                          random.Random(f"{cfg.seed}-few_shot")) if few_shot is not None and fs else None)
+    chinese_batches = {n: _cycle([len(e.input_ids) for e in d.encoded], c.batch_size, random.Random(f"{cfg.seed}-{n}"))
+                       for n, c, d in chinese}
     target_batches = (_cycle([len(e.input_ids) for e in target.encoded], adv.batch_size,
                              random.Random(f"{cfg.seed}-target")) if target is not None and adv else None)
     n_epochs = math.ceil(cfg.epochs)
@@ -366,11 +396,11 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 r_loss = _stream_loss(tagger, rendered, rendered_ids, next(rendered_batches), amp, device)
                 row["loss_rendered"] = float(r_loss.detach())
                 loss = loss + tra.rendered_weight * r_loss
-            if few_batches is not None and fs is not None and step % fs.every == 0:
-                assert few_shot is not None and few_ids is not None
-                f_loss = _stream_loss(tagger, few_shot, few_ids, next(few_batches), amp, device)
-                row["loss_few_shot"] = float(f_loss.detach())
-                loss = loss + fs.weight * f_loss
+            for n, c, d in chinese:
+                if step % c.every == 0:
+                    c_loss = _stream_loss(tagger, d, chinese_ids[n], next(chinese_batches[n]), amp, device)
+                    row[f"loss_{n}"] = float(c_loss.detach())
+                    loss = loss + c.weight * c_loss
             if target_batches is not None and adversary is not None and adv is not None and step % adv.every == 0:
                 assert target is not None
                 tb = next(target_batches)  # unlabelled Chinese: eqs 4-5 for D, then eqs 6-7 for U and the encoder
