@@ -150,9 +150,10 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
             "shared-baseline-fs5-seed1", "shared-baseline-seed1"} <= {
         m.parent.name for m in (res / "runs").glob("*/metrics.json")}
     beyond = pd.read_csv(res / "tables" / "beyond.csv")
-    assert beyond.change.tolist() == ["reference", "Full model", "Self-training (baseline teacher)"]
+    assert beyond.change.tolist() == ["reference", "Full model", "Self-training (baseline teacher)",
+                                     "Lower 1 layer frozen"]
     assert beyond["Weibo (NAM+NOM) F1"].notna().all() and beyond["People's Daily diff"].notna().tolist() == [
-        False, True, True]
+        False, True, True, True]
     assert (res / "runs" / "self_training-seed1" / "metrics.json").is_file()
 
 

@@ -30,7 +30,8 @@ from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
-                  "without_transfer", "without_adversarial", "u_from_alignment", "self_training")
+                  "without_transfer", "without_adversarial", "u_from_alignment", "self_training",
+                  "freeze_lower")
 
 
 def _profile(name: str) -> dict:
