@@ -275,3 +275,33 @@ def test_sha256_cached_follows_the_file(tmp_path: Path) -> None:
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert sha256_cached(f) != first
     assert sha256_cached(f) == sha256_cached(tmp_path / "." / "a.txt")
+
+
+def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tmp_path: Path, data_dir: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    from xner_lib.cli import main
+    from xner_lib.config import REPO_ROOT
+    from xner_lib.experiment import profile_runs
+
+    params = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
+    params.update(results_root=str(tmp_path), data_dir=str(data_dir), max_sentences=16, train_threads=1)
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(yaml.safe_dump(params), encoding="utf-8")
+    runs = profile_runs(params)
+    assert {"baseline", "no_misc_class", "frozen", "adv_att_pos", "self_training"} <= set(runs)
+    assert runs["no_misc_class"].misc_class is False and runs["frozen"].finetune is False  # type: ignore[union-attr]
+    assert main(["runs", "--profile", str(profile), "frozen:2", "baseline:1"]) == 0
+    made = tmp_path / "results" / "smoke" / "runs"
+    assert sorted(p.parent.name for p in made.glob("*/metrics.json")) == ["baseline-seed1", "frozen-seed2"]
+    first = json.loads((made / "frozen-seed2" / "metrics.json").read_text(encoding="utf-8"))
+    assert first["extra"]["run_key_parts"]["config"]["finetune"] is False
+    stamp = (made / "frozen-seed2" / "metrics.json").stat().st_mtime_ns
+    assert main(["runs", "--profile", str(profile), "frozen:2"]) == 0  # read back, not retrained
+    assert (made / "frozen-seed2" / "metrics.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["runs", "--profile", str(profile), "frozen"]) == 2
+    assert main(["runs", "--profile", str(profile), "nosuch:1"]) == 2
+    err = capsys.readouterr().err
+    assert "'frozen': expected VARIANT:SEED" in err and "'nosuch:1': expected VARIANT:SEED" in err

@@ -6,6 +6,8 @@
 ``python -m xner_lib preflight PROFILE [--set NAME VALUE ...]``: can this machine run the profile (its device and
 its encoder)? One message and exit 2 if not.
 ``python -m xner_lib predict --model DIR (--text TEXT | --input FILE) [--format json|conll]``: tag raw text.
+``python -m xner_lib runs --profile PROFILE VARIANT:SEED ...``: train (or read back) runs of a profile one by one,
+where its notebooks read them back.
 ``python -m xner_lib evaluate --model DIR --input FILE --format conll|weibo|peoples_daily [--scheme NAM|NAM+NOM]
 [--out JSON]``: score a saved model on a labelled file.
 """
@@ -266,6 +268,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    """Train or read back the (variant, seed) pairs ``args.runs`` of a profile, in the order given, each under
+    the run key its notebooks give it (:func:`~xner_lib.experiment.profile_runs`), so 03 and 04 then read them
+    back: a long profile can be run a piece at a time, or seeds spread over machines that share ``results/``."""
+    from .experiment import experiment_from_params, profile_runs
+
+    try:
+        params = _checked_profile(argparse.Namespace(profile=args.profile, notebooks=None, param=[]))
+        runs = profile_runs(params)
+        pairs = []
+        for item in args.runs:
+            name, _, seed = item.rpartition(":")
+            if name not in runs or not seed.isdigit():
+                raise ConfigError([f"{item!r}: expected VARIANT:SEED with a variant of the profile "
+                                   f"({', '.join(runs)})"])
+            pairs.append((name, int(seed)))
+    except (ConfigError, FileNotFoundError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.fresh:
+        params = {**params, "fresh": True}
+    exp = experiment_from_params(params)
+    for name, seed in pairs:
+        exp.run_all(runs, [seed], only=[name])
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, run_bench
 
@@ -346,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--cache-dir", default=None, metavar="DIR", help=cache_help)
     ev.add_argument("--device", default="auto", help=device_help)
     ev.set_defaults(func=_evaluate)
+    rn = sub.add_parser("runs", help="train (or read back) runs of a profile, VARIANT:SEED each, in the order given, "
+                        "under the run keys notebooks 03 and 04 read back; one line per run")
+    rn.add_argument("runs", nargs="+", metavar="VARIANT:SEED", help="e.g. adv_att_pos:2 baseline:3")
+    rn.add_argument("--profile", default="cpu", help="a profile name (smoke, cpu, paper) or a YAML path")
+    rn.add_argument("--fresh", action="store_true", help="retrain, ignoring cached runs")
+    rn.set_defaults(func=_runs)
     bn = sub.add_parser("bench", help="measure this machine's matmul limit, feature extraction, fine-tuning steps per "
                         "variant, inference and a Hugging Face Trainer peer; print a line each and append to "
                         "results/<profile>/bench.json")

@@ -458,6 +458,23 @@ def config_on_features(params: Mapping[str, Any], prefix: str, exclude: Sequence
                    precision=str(params.get("train_precision", "auto")))
 
 
+def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
+    """Every fine-tuned or frozen run a profile names, as notebook 03 trains them: the ``variants`` over the
+    ``train_*`` settings (:func:`resolve_variants`), with ``no_misc_class`` (the baseline without a MISC class)
+    when ``nomisc_row`` and ``frozen`` (the ``frozen_*`` settings, :func:`config_on_features`) when
+    ``frozen_row``. Notebooks 03 and 04 and ``python -m xner_lib runs`` build their runs here, so a run made by
+    one is read back by the others."""
+    from .config import from_params
+
+    base = from_params(TrainConfig, params, "train_")
+    runs = resolve_variants(base, params.get("variants") or {"baseline": {}})
+    if params.get("nomisc_row"):
+        runs["no_misc_class"] = replace(base, misc_class=False)
+    if params.get("frozen_row"):
+        runs["frozen"] = config_on_features(params, "frozen_", exclude=["frozen_row"])
+    return runs
+
+
 def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
     """The sentences of ``datasets`` with every tag replaced by ``O``: unlabelled Chinese text, so that no
     label of it can reach training."""
