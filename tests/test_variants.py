@@ -255,9 +255,9 @@ def test_the_shared_protocol_trains_heads_over_the_seeds_fine_tuned_baseline_enc
     variants = resolve_variants(_base(), _profile("smoke")["variants"])
     shared = resolve_variants(_base(finetune=False, lr=0.0), {k: v for k, v in _profile("smoke")["variants"].items()
                                                                if k != "baseline"})
-    metrics = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_position"])
+    metrics = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_position", "self_training"])
     names = [m["variant"] for m in metrics]
-    assert names == ["shared-adv_att_pos", "shared-without_position"]
+    assert names == ["shared-adv_att_pos", "shared-without_position", "shared-self_training"]
     full = metrics[0]
     ckpt = experiment.out / "checkpoints" / "baseline-seed1"
     # frozen over the baseline's fine-tuned encoder, its teacher the joint baseline of the same seed
@@ -265,6 +265,9 @@ def test_the_shared_protocol_trains_heads_over_the_seeds_fine_tuned_baseline_enc
     assert full["config"]["finetune"] is False
     baseline = json.loads((experiment.out / "runs" / "baseline-seed1" / "metrics.json").read_text())
     assert full["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]
+    # the pseudo-labels too come from the joint baseline, not from a shared-protocol head
+    assert metrics[2]["extra"]["run_key_parts"]["inputs"]["self_training"]["teacher"] == baseline["extra"]["run_key"]
+    assert not (experiment.out / "runs" / "shared-baseline-seed1").exists()
     assert metrics[1]["extra"]["same_as"] == "shared-adv_att"
     assert (experiment.out / "runs" / "shared-adv_att-seed1" / "metrics.json").is_file()
 
@@ -355,7 +358,8 @@ def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experi
     assert [u["sentences"] for u in inputs["unlabelled"]] == [len(d) for d in experiment.unlabelled]
     summary = st["extra"]["streams"]["self_training"]
     assert summary["sentences"] == n_text
-    assert st["extra"]["label_counts"].get("self_training.entities", 0) == sum(summary["entities"].values())
+    assert st["extra"]["label_counts"].get("self_training.entities", 0) == summary["entities"] == sum(
+        summary["entity_types"].values())
     history = st["extra"]["history"]
     every = variants["self_training"].self_training_config.every  # type: ignore[union-attr]
     assert [h["step"] for h in history if "loss_self_training" in h] == [
@@ -373,10 +377,15 @@ def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experi
     assert [s.tags for s in experiment.pseudo_labelled(labeller).sentences] == [s.tags for s in pseudo.sentences]
 
 
-def test_self_training_refuses_itself_as_teacher_and_a_missing_stream(experiment: Experiment) -> None:
-    variants = resolve_variants(_base(), {"baseline": {}, "loop": {"self_training": {"teacher": "loop"}}})
+def test_self_training_refuses_itself_as_teacher_a_cycle_and_a_missing_stream(experiment: Experiment) -> None:
+    variants = resolve_variants(_base(), {"baseline": {}, "loop": {"self_training": {"teacher": "loop"}},
+                                          "a": {"self_training": {"teacher": "b"}},
+                                          "b": {"self_training": {"teacher": "a"}}})
     with pytest.raises(ValueError, match="must be another variant"):
         experiment.run_all(variants, [1], only=["loop"])
+    with pytest.raises(ValueError, match="a cycle of teacher sections"):
+        experiment.run_all(variants, [1], only=["a"])
+    assert not experiment._running  # the guard leaves nothing behind
     cfg = replace(variants["loop"], seed=1)  # type: ignore[arg-type]
     corpora = experiment.corpora(frozen=False)
     with pytest.raises(ValueError, match="self_training"):

@@ -108,6 +108,14 @@ def encoder_key(encoder: Encoder) -> dict[str, Any]:
     return {"name": encoder.name, "identity": encoder.identity, "max_length": encoder.max_length}
 
 
+def checkpoint_weights(directory: Path) -> list[str | None]:
+    """The sha256 of a saved tagger's weights (head, fine-tuned encoder; None for a file it lacks): what keys
+    the files derived from a checkpoint (teacher features, pseudo-labels), so a retrained one is never read
+    from a stale file."""
+    return [sha256_cached(w) if w.is_file() else None
+            for w in (directory / "head.safetensors", directory / "encoder" / "model.safetensors")]
+
+
 def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora,
                   evaluation: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
@@ -551,13 +559,11 @@ class Experiment:
         from .rendering import RENDERING_VERSION
 
         assert teacher.directory is not None
-        weights = [teacher.directory / "head.safetensors", teacher.directory / "encoder" / "model.safetensors"]
-        ident = {"weights": [sha256_cached(w) if w.is_file() else None for w in weights],
+        ident = {"weights": checkpoint_weights(teacher.directory),
                  "data": data_identity(dataset), "rendering": RENDERING_VERSION, "jieba": version("jieba"),
                  "casing": hashlib.sha256(json.dumps(teacher.casing, sort_keys=True).encode()).hexdigest(),
                  "lexicon": sha256_cached(teacher.lexicon_path) if teacher.lexicon_path else None}
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-        path = self.out / "cache" / "teacher" / f"{name}-{digest}.pt"
+        path = self._cache_file("teacher", name, ident, ".pt")
         expected = [len(s) for s in dataset.sentences] if dataset.language == "en" else None
         if path.is_file():
             try:
@@ -571,49 +577,47 @@ class Experiment:
         write_bytes_atomic(path, lambda fh: torch.save([f.half() for f in feats], fh))
         return feats
 
-    def _teacher_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
-                     ) -> tuple[Path, dict[str, Any]] | None:
-        """The checkpoint directory and metrics of the run that is ``cfg``'s teacher (run or read back
-        first), or None when the variant does not transfer."""
-        tra = cfg.transfer_config
-        if tra is None:
+    def _teacher_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str],
+                     section: str = "transfer") -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint directory and metrics of the run that is the teacher of ``cfg``'s ``section``
+        (run or read back first), or None when that section is off: ``transfer``, the frozen English teacher
+        (a variant with its own block and no transfer); ``self_training``, the run whose tags are the
+        pseudo-labels (any variant with its own block but ``name`` itself). The shared protocol takes both from
+        the joint experiment (``teachers``), so its students learn from the same runs as the joint ones."""
+        sec = cfg.transfer_config if section == "transfer" else cfg.self_training_config
+        if sec is None:
             return None
         source, tvariants = self.teachers if self.teachers is not None else (self, variants)
-        tcfg = tvariants.get(tra.teacher)
-        if not isinstance(tcfg, TrainConfig) or tcfg.transfer:
-            raise ValueError(f"variant '{name}': its teacher '{tra.teacher}' must be a variant with its own "
+        tcfg = tvariants.get(sec.teacher)
+        if section == "transfer" and (not isinstance(tcfg, TrainConfig) or tcfg.transfer):
+            raise ValueError(f"variant '{name}': its teacher '{sec.teacher}' must be a variant with its own "
                              "block and no transfer")
-        tmetrics = source.run(tra.teacher, tcfg, cfg.seed, tvariants, keep_checkpoint=True)
-        return source.out / "checkpoints" / f"{source.prefix}{tra.teacher}-seed{cfg.seed}", tmetrics
-
-    def _labeller_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
-                      ) -> tuple[Path, dict[str, Any]] | None:
-        """The checkpoint directory and metrics of the run whose tags are ``cfg``'s pseudo-labels (the
-        ``self_training`` teacher, any variant with its own block but ``name``; run or read back first), or
-        None when the variant does not self-train."""
-        st = cfg.self_training_config
-        if st is None:
-            return None
-        tcfg = variants.get(st.teacher)
-        if not isinstance(tcfg, TrainConfig) or st.teacher == name:
-            raise ValueError(f"variant '{name}': its self-training teacher '{st.teacher}' must be another variant "
+        if not isinstance(tcfg, TrainConfig) or (source is self and sec.teacher == name):
+            raise ValueError(f"variant '{name}': its self-training teacher '{sec.teacher}' must be another variant "
                              "with its own block")
-        tmetrics = self.run(st.teacher, tcfg, cfg.seed, variants, keep_checkpoint=True)
-        return self.out / "checkpoints" / f"{self.prefix}{st.teacher}-seed{cfg.seed}", tmetrics
+        tmetrics = source.run(sec.teacher, tcfg, cfg.seed, tvariants, keep_checkpoint=True)
+        return source.out / "checkpoints" / f"{source.prefix}{sec.teacher}-seed{cfg.seed}", tmetrics
+
+    def _cache_file(self, kind: str, name: str, ident: Mapping[str, Any], suffix: str) -> Path:
+        """``cache/<kind>/<name>-<digest><suffix>``: a derived file named by the hash of what it is made from."""
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        return self.out / "cache" / kind / f"{name}-{digest}{suffix}"
 
     def pseudo_labelled(self, labeller: tuple[Path, dict[str, Any]], device: str = "cpu") -> Dataset:
         """The unlabelled Chinese text (:data:`UNLABELLED_SETS`) tagged by the ``labeller`` run's checkpoint
         under this experiment's decoding and units (self-training, issue 13): one tag per token, the gold tags
-        never read. Cached on disk (``cache/pseudo``) by the labeller's run key, the text and the decoding."""
+        never read. Cached on disk (``cache/pseudo``) by the labeller's run key and weights (a retrained
+        labeller is never read from a stale file), the text, the decoding and the units."""
         text = text_only(self.unlabelled, "pseudo")
-        ident = {"labeller": labeller[1]["extra"]["run_key"], "text": data_identity(text),
-                 "decode": asdict(self.decode), "zh_units": self.zh_units}
-        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-        path = self.out / "cache" / "pseudo" / f"{digest}.json"
+        ident = {"labeller": labeller[1]["extra"]["run_key"], "weights": checkpoint_weights(labeller[0]),
+                 "text": data_identity(text), "decode": asdict(self.decode), "zh_units": self.zh_units}
+        path = self._cache_file("pseudo", "unlabelled", ident, ".json")
         tags = None
         if path.is_file():
-            tags = _read_metrics(path)
-            tags = tags.get("tags") if tags is not None else None
+            try:
+                tags = json.loads(path.read_text(encoding="utf-8"))["tags"]
+            except (ValueError, KeyError, TypeError, OSError):
+                tags = None
             if not (isinstance(tags, list) and [len(t) for t in tags] == [len(s) for s in text.sentences]):
                 logger.warning("%s: unreadable or mismatched pseudo-labels, recomputing", path)
                 tags = None
@@ -624,7 +628,14 @@ class Experiment:
             write_bytes_atomic(path, lambda fh: fh.write(json.dumps({"identity": ident, "tags": tags}).encode()))
         sentences = [Sentence(list(s.tokens), list(t), list(s.lines), s.source)
                      for s, t in zip(text.sentences, tags, strict=True)]
-        return Dataset("pseudo", "train", text.format, Path(f"{text.path}#pseudo-{digest}"), sentences)
+        return Dataset("pseudo", "train", text.format, Path(f"{text.path}#{path.stem}"), sentences)
+
+    def unlabelled_identity(self, why: str) -> list[dict[str, Any]]:
+        """:func:`data_identity` of each unlabelled Chinese set (``why`` names what needs them when there are
+        none)."""
+        if not self.unlabelled:
+            raise ValueError(f"{why} needs unlabelled Chinese text (Experiment.unlabelled)")
+        return [data_identity(d) for d in self.unlabelled]
 
     def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None,
                labeller: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -638,9 +649,7 @@ class Experiment:
                 raise FileNotFoundError(f"{lexicon}: no lexicon for the transfer (notebook 02 writes it)")
             out.update({"teacher": teacher[1]["extra"]["run_key"], "lexicon": sha256_cached(lexicon)})
         if adv is not None:
-            if not self.unlabelled:
-                raise ValueError("the adversarial loss needs unlabelled Chinese text (Experiment.unlabelled)")
-            out["unlabelled"] = [data_identity(d) for d in self.unlabelled]
+            out["unlabelled"] = self.unlabelled_identity("the adversarial loss")
             if adv.map_init == "alignment":
                 path = self.out / "alignment" / "mapping.npy"
                 if not path.is_file():
@@ -651,11 +660,10 @@ class Experiment:
             out["few_shot"] = data_identity(self.few_shot_sample(fs))
         if cfg.self_training_config is not None:
             if labeller is None:
-                raise ValueError("self-training needs its teacher run (Experiment._labeller_run)")
-            if not self.unlabelled:
-                raise ValueError("self-training needs unlabelled Chinese text (Experiment.unlabelled)")
-            out["self_training"] = {"teacher": labeller[1]["extra"]["run_key"], "decode": asdict(self.decode),
-                                    "unlabelled": [data_identity(d) for d in self.unlabelled]}
+                raise ValueError("self-training needs its teacher run (Experiment._teacher_run)")
+            # the decoding that made the pseudo-labels is the run's own, already in its key (evaluation)
+            out["self_training"] = {"teacher": labeller[1]["extra"]["run_key"],
+                                    "unlabelled": self.unlabelled_identity("self-training")}
         return out
 
     def few_shot_sample(self, fs: FewShotConfig) -> Dataset:
@@ -701,36 +709,37 @@ class Experiment:
             streams.summary["unlabelled_sentences"] = len(streams.target.encoded)
         fs = cfg.few_shot_config
         if fs is not None:
-            sample = self.few_shot_sample(fs)
-            name = f"few_shot-{fs.size}-{fs.sample_seed}"  # the sample is fixed by these and the source
-            streams.few_shot = self._prepare(f"{name}-{fs.source}", sample, frozen)
-            if streams.teacher is not None:
-                streams.few_shot = replace(streams.few_shot,
-                                           teacher=self._teacher_features(streams.teacher, name, sample))
-            streams.summary["few_shot"] = {"sentences": len(sample), "tokens": sample.n_tokens,
-                                           "entities": sum(sample.entity_counts().values())}
+            # the sample is fixed by its size, its seed and its source
+            streams.few_shot = self._labelled_stream(streams, "few_shot", f"few_shot-{fs.size}-{fs.sample_seed}",
+                                                     self.few_shot_sample(fs), frozen, fs.source)
         if cfg.self_training_config is not None:
             assert labeller is not None
             pseudo = self.pseudo_labelled(labeller, cfg.device)
-            streams.pseudo = self._prepare(pseudo.path.name, pseudo, frozen)
-            if streams.teacher is not None:
-                streams.pseudo = replace(streams.pseudo,
-                                         teacher=self._teacher_features(streams.teacher, pseudo.path.name, pseudo))
-            streams.summary["self_training"] = {"sentences": len(pseudo), "tokens": pseudo.n_tokens,
-                                                "entities": dict(sorted(pseudo.entity_counts().items()))}
+            streams.pseudo = self._labelled_stream(streams, "self_training", Path(pseudo.path).name, pseudo, frozen)
         return corpora, streams
+
+    def _labelled_stream(self, streams: Streams, role: str, name: str, dataset: Dataset, frozen: bool,
+                         source: str = "") -> Prepared:
+        """A labelled Chinese stream (few-shot gold or self-training pseudo-labels) prepared for training, with
+        the transfer teacher's features when the run transfers, its size in ``streams.summary[role]``."""
+        prepared = self._prepare(f"{name}-{source}" if source else name, dataset, frozen)
+        if streams.teacher is not None:
+            prepared = replace(prepared, teacher=self._teacher_features(streams.teacher, name, dataset))
+        ents = dataset.entity_counts()
+        streams.summary[role] = {"sentences": len(dataset), "tokens": dataset.n_tokens,
+                                 "entities": sum(ents.values()), "entity_types": dict(sorted(ents.items()))}
+        return prepared
 
     # -- runs ----------------------------------------------------------------------------------------------
     def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str], *,
             keep_checkpoint: bool = False) -> dict[str, Any]:
         """One (variant, seed): read back or trained (:func:`run_or_load`); its teacher first. A run done in
         this session is not redone (``fresh`` retrains each run once, not once per student). Its checkpoint
-        is kept with ``save_checkpoints``, ``keep_checkpoint``, or when a variant of ``variants`` transfers
-        from it."""
-        teachers = {v.transfer_config.teacher for v in variants.values()
-                    if isinstance(v, TrainConfig) and v.transfer_config is not None} if self.teachers is None else set()
-        teachers |= {v.self_training_config.teacher for v in variants.values()
-                     if isinstance(v, TrainConfig) and v.self_training_config is not None}
+        is kept with ``save_checkpoints``, ``keep_checkpoint``, or when a variant of ``variants`` transfers or
+        self-trains from it."""
+        teachers = {c.teacher for v in variants.values() if isinstance(v, TrainConfig)
+                    for c in (v.transfer_config, v.self_training_config) if c is not None} if self.teachers is None \
+            else set()
         keep = self.save_checkpoints or keep_checkpoint or name in teachers
         checkpoint = self.out / "checkpoints" / f"{self.prefix}{name}-seed{seed}" / "config.json"
         if (name, seed) in self._done and (not keep or checkpoint.is_file()):
@@ -742,7 +751,7 @@ class Experiment:
         self._running.add((name, seed))
         try:
             teacher = self._teacher_run(name, cfg, variants)
-            labeller = self._labeller_run(name, cfg, variants)
+            labeller = self._teacher_run(name, cfg, variants, "self_training")
         finally:
             self._running.discard((name, seed))
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
