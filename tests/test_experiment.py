@@ -305,3 +305,23 @@ def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tm
     assert main(["runs", "--profile", str(profile), "nosuch:1"]) == 2
     err = capsys.readouterr().err
     assert "'frozen': expected VARIANT:SEED" in err and "'nosuch:1': expected VARIANT:SEED" in err
+
+
+def test_the_best_saved_run_on_conll_dev_becomes_the_model_predict_reads(tmp_path: Path) -> None:
+    from xner_lib.experiment import link_best_model
+
+    def run(variant: str, seed: int, dev: float) -> dict:
+        return {"variant": variant, "seed": seed, "extra": {"best_dev_f1": dev}}
+
+    metrics = [run("adv_att_pos", 1, 0.90), run("adv_att_pos", 2, 0.93), run("adv_att_pos", 3, 0.95),
+               run("baseline", 1, 0.99)]
+    assert link_best_model(metrics, "adv_att_pos", tmp_path) is None  # nothing saved: nothing linked
+    for seed in (1, 2):  # seed 3 scored best but kept no checkpoint
+        (tmp_path / "checkpoints" / f"adv_att_pos-seed{seed}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"adv_att_pos-seed{seed}" / "config.json").write_text("{}")
+    link = link_best_model(metrics, "adv_att_pos", tmp_path)
+    assert link == tmp_path / "model" and link.readlink() == Path("checkpoints/adv_att_pos-seed2")
+    assert (link / "config.json").is_file()
+    metrics[0]["extra"]["best_dev_f1"] = 0.97
+    assert link_best_model(metrics, "adv_att_pos", tmp_path).readlink() == Path("checkpoints/adv_att_pos-seed1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model"]  # replaced, no temporary left

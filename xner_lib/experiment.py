@@ -15,7 +15,7 @@ import logging
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -815,6 +815,25 @@ class Experiment:
         """Sentences and tokens of every set read, for a notebook to show."""
         return ({k: f"{len(v)} sentences, {v.n_tokens} tokens" for k, v in self.data.items()}
                 | {f"unlabelled {d.name}/{d.split}": f"{len(d)} sentences (text only)" for d in self.unlabelled})
+
+
+def link_best_model(metrics: Iterable[Mapping[str, Any]], variant: str, out: Path) -> Path | None:
+    """Point ``out/model`` at the saved checkpoint of ``variant``'s run with the best CoNLL-dev F1 (the
+    selection score; no Chinese label chooses) among its runs in ``metrics`` whose checkpoint is under
+    ``out/checkpoints``: the model ``python -m xner_lib predict --model results/<profile>/model`` reads. A
+    relative symbolic link, replaced atomically; None (and nothing changed) when no such checkpoint exists."""
+    import os
+
+    runs = [m for m in metrics if m["variant"] == variant
+            and (out / "checkpoints" / f"{variant}-seed{m['seed']}" / "config.json").is_file()]
+    if not runs:
+        return None
+    best = max(runs, key=lambda m: (m["extra"]["best_dev_f1"], -int(m["seed"])))
+    link, tmp = out / "model", out / f".model-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path("checkpoints") / f"{variant}-seed{best['seed']}", tmp, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
 
 
 #: the notebook parameters :func:`experiment_from_params` reads (besides every ``decode_*``): notebooks that
