@@ -20,6 +20,7 @@ import yaml
 from xner_lib.batches import prepare
 from xner_lib.config import ConfigError
 from xner_lib.data import load
+from xner_lib.data.sources import sha256_cached
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import load_encoder
 from xner_lib.experiment import SPLITS, UNLABELLED_SETS, Experiment, resolve_variants, text_only
@@ -31,7 +32,7 @@ from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
                   "without_transfer", "without_adversarial", "u_from_alignment", "self_training",
-                  "freeze_lower")
+                  "freeze_lower", "translate_train")
 
 
 def _profile(name: str) -> dict:
@@ -392,3 +393,19 @@ def test_self_training_refuses_itself_as_teacher_a_cycle_and_a_missing_stream(ex
         train(cfg, experiment.encoder, corpora.conll_train, corpora.conll_dev, progress=False)
     with pytest.raises(ConfigError, match="unknown key 'batch'"):
         TrainConfig(self_training={"batch": 4})
+
+
+def test_translate_train_trains_on_conll_rendered_through_the_lexicon(experiment: Experiment) -> None:
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    (tt,) = experiment.run_all(variants, [1], only=["translate_train"])
+    lexicon = experiment.out / "alignment" / "lexicon.tsv"
+    assert tt["extra"]["run_key_parts"]["inputs"] == {"translate_train": {"lexicon": sha256_cached(lexicon)}}
+    summary = tt["extra"]["streams"]["translate_train"]
+    assert summary["sentences"] == len(experiment.data["conll_train"])
+    assert 0 < summary["coverage"]["share_translated"] < 1 and summary["entities"] > 0
+    every = variants["translate_train"].translate_train_config.every  # type: ignore[union-attr]
+    history = tt["extra"]["history"]
+    assert [h["step"] for h in history if "loss_translate_train" in h] == [
+        h["step"] for h in history if (h["step"] - 1) % every == 0]
+    with pytest.raises(ValueError, match="translate_train and transfer do not go together"):
+        _base(translate_train={"batch_size": 4}, transfer={"teacher": "baseline"})

@@ -75,10 +75,10 @@ class Corpora:
 class Streams:
     """What a run of the paper's model reads besides :class:`Corpora` (all None for the baseline): the frozen
     ``teacher`` and the ``rendered`` CoNLL pairs of the transfer, the unlabelled Chinese ``target`` and the
-    initial ``mapping`` ``U`` of the adversarial loss; the labelled Chinese ``few_shot`` sentences and the
-    ``pseudo``-labelled ones of self-training (beyond the paper). ``inputs`` joins the run key
-    (:func:`run_key_parts`);
-    ``summary`` (coverage, sizes) goes to ``metrics.json``."""
+    initial ``mapping`` ``U`` of the adversarial loss; beyond the paper, the labelled Chinese ``few_shot``
+    sentences, the ``pseudo``-labelled ones of self-training and CoNLL ``translated`` through the lexicon.
+    ``inputs`` joins the run key (:func:`run_key_parts`); ``summary`` (coverage, sizes) goes to
+    ``metrics.json``."""
 
     teacher: Teacher | None = None
     rendered: Prepared | None = None
@@ -86,6 +86,7 @@ class Streams:
     mapping: Tensor | None = None
     few_shot: Prepared | None = None
     pseudo: Prepared | None = None
+    translated: Prepared | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -335,7 +336,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     result = train(cfg, loaded, corpora.conll_train, corpora.conll_dev, progress=progress,
                    snapshot_epoch=snapshot_epoch, rendered=streams.rendered, target=streams.target,
                    teacher=streams.teacher, mapping=streams.mapping, few_shot=streams.few_shot,
-                   pseudo=streams.pseudo)
+                   pseudo=streams.pseudo, translated=streams.translated)
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
@@ -387,15 +388,15 @@ SPLITS: dict[str, str] = {"conll_train": "conll2003/train.txt", "conll_dev": "co
 #: the unlabelled Chinese text of the adversarial loss (their tags are never read; never a test split)
 UNLABELLED_SETS: tuple[str, ...] = ("weibo/train.txt", "peoples_daily/dev.txt")
 #: the keys of :class:`~xner_lib.train.TrainConfig` whose dict values a variant block merges key by key
-MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer", "self_training")
+MERGED_FIELDS: tuple[str, ...] = ("head", "adversarial", "transfer", "self_training", "translate_train")
 
 
 def resolve_variants(base: TrainConfig, blocks: Mapping[str, Mapping[str, Any] | str | None]
                      ) -> dict[str, TrainConfig | str]:
     """Each variant's :class:`~xner_lib.train.TrainConfig` from its block in a profile (``variants:``): the
-    block's fields over ``base``, the dict fields ``head``, ``adversarial``, ``transfer`` and ``self_training``
-    merged key by key (``{}`` or ``null`` switches the base's section off). A block that is a string names another
-    variant whose runs it shares (e.g. ``without_position: adv_att``); it stays a string. Unknown fields
+    block's fields over ``base``, the dict fields of :data:`MERGED_FIELDS` merged key by key (``{}`` or
+    ``null`` switches the base's section off). A block that is a string names another variant whose runs it
+    shares (e.g. ``without_position: adv_att``); it stays a string. Unknown fields
     raise :class:`~xner_lib.config.ConfigError`."""
     from .config import ConfigError, did_you_mean
 
@@ -549,6 +550,13 @@ class Experiment:
         """``alignment``: notebook 02's lexicon of this profile; anything else: a path."""
         return self.out / "alignment" / "lexicon.tsv" if name == "alignment" else Path(name)
 
+    def lexicon_file(self, name: str, why: str) -> Path:
+        """:meth:`lexicon_path`, which must exist (``why`` names what reads it)."""
+        path = self.lexicon_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no lexicon for {why} (notebook 02 writes it)")
+        return path
+
     def _teacher_features(self, teacher: Teacher, name: str, dataset: Dataset) -> list[Tensor]:
         """The teacher's features of ``dataset`` (rounded to fp16 precision, :meth:`Teacher.read`), cached on
         disk by the teacher's weights (its head's and encoder's checksums), the data, the lexicon, the casing
@@ -644,10 +652,11 @@ class Experiment:
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         out: dict[str, Any] = {}
         if tra is not None and teacher is not None:
-            lexicon = self.lexicon_path(tra.lexicon)
-            if not lexicon.is_file():
-                raise FileNotFoundError(f"{lexicon}: no lexicon for the transfer (notebook 02 writes it)")
-            out.update({"teacher": teacher[1]["extra"]["run_key"], "lexicon": sha256_cached(lexicon)})
+            out.update({"teacher": teacher[1]["extra"]["run_key"],
+                        "lexicon": sha256_cached(self.lexicon_file(tra.lexicon, "the transfer"))})
+        tt = cfg.translate_train_config
+        if tt is not None:
+            out["translate_train"] = {"lexicon": sha256_cached(self.lexicon_file(tt.lexicon, "translate-train"))}
         if adv is not None:
             out["unlabelled"] = self.unlabelled_identity("the adversarial loss")
             if adv.map_init == "alignment":
@@ -686,7 +695,7 @@ class Experiment:
             from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
 
             tdir = teacher[0]
-            lexicon = self.lexicon_path(tra.lexicon)
+            lexicon = self.lexicon_file(tra.lexicon, "the transfer")
             casing = surface_forms([s.tokens for s in self.data["conll_train"].sentences])
             tmodel = Teacher(load_checkpoint(tdir, device=cfg.device)[0], lexicon, tdir, casing)
             with_teacher = {k: replace(getattr(corpora, k), teacher=self._teacher_features(tmodel, k, self.data[k]))
@@ -716,6 +725,16 @@ class Experiment:
             assert labeller is not None
             pseudo = self.pseudo_labelled(labeller, cfg.device)
             streams.pseudo = self._labelled_stream(streams, "self_training", Path(pseudo.path).name, pseudo, frozen)
+        tt = cfg.translate_train_config
+        if tt is not None:
+            from .rendering import Lexicon, render_dataset_en
+
+            lexicon = self.lexicon_file(tt.lexicon, "translate-train")
+            rds, cov = render_dataset_en(self.data["conll_train"], Lexicon.from_tsv(lexicon))
+            # the same renderings, prepared under the same name, as the transfer's rendered pairs
+            streams.translated = self._labelled_stream(streams, "translate_train",
+                                                       f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen)
+            streams.summary["translate_train"]["coverage"] = cov.as_dict()
         return corpora, streams
 
     def _labelled_stream(self, streams: Streams, role: str, name: str, dataset: Dataset, frozen: bool,

@@ -6,8 +6,9 @@ The training loop (:mod:`~xner_lib.train`) sums named losses with weights from t
 * ``ner``: the CRF negative log-likelihood on English CoNLL batches, ``L_ner = -log p(y|X)`` (eq. 11);
 * ``rendered``: the same loss on the word-by-word Chinese renderings of CoNLL sentences, read with the
   teacher's features of the original English (:class:`TransferConfig`, DESIGN.md Model 5);
-* ``few_shot`` and ``self_training`` (beyond the paper): the CRF loss on labelled Chinese sentences, gold
-  (:class:`FewShotConfig`) or a teacher's pseudo-labels (:class:`SelfTrainingConfig`);
+* ``few_shot``, ``self_training`` and ``translate_train`` (beyond the paper): the CRF loss on labelled Chinese
+  sentences: gold (:class:`FewShotConfig`), a teacher's pseudo-labels (:class:`SelfTrainingConfig`), or CoNLL
+  rendered through the lexicon with projected labels (:class:`TranslateTrainConfig`);
 * ``adversarial``: the generator loss of eqs 6-7 on flipped, smoothed labels, weight ``lambda``
   (:class:`AdversarialConfig`): English unit vectors mapped by ``U`` (eq. 2) against Chinese unit vectors
   of an unlabelled batch; its gradient reaches ``U`` and, fine-tuned, the encoder.
@@ -140,10 +141,31 @@ class SelfTrainingConfig:
             raise ValueError(f"self_training: batch_size and every >= 1, weight >= 0 required: {self}")
 
 
+@dataclass
+class TranslateTrainConfig:
+    """Translate-train through the lexicon (issue 13, beyond the paper; ``TrainConfig.translate_train``; Xie et
+    al., EMNLP 2018, "Neural Cross-Lingual Named Entity Recognition with Minimal Resources").
+
+    CoNLL train rendered word by word into Chinese with notebook 02's ``lexicon`` (``alignment``) or a
+    ``english<TAB>chinese<TAB>cosine`` file, its labels projected through the word alignment
+    (:func:`~xner_lib.rendering.render_dataset_en`, the rendered pairs of the transfer), trained on directly:
+    ``batch_size`` of them every ``every``-th step, their CRF loss (eq. 11) added with ``weight``. The transfer
+    already trains on these renderings (with its teacher), so the two sections do not go together."""
+
+    lexicon: str = "alignment"
+    batch_size: int = 8
+    every: int = 1
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.every < 1 or self.weight < 0:
+            raise ValueError(f"translate_train: batch_size and every >= 1, weight >= 0 required: {self}")
+
+
 def parse_section(cls: type, values: dict[str, Any] | None, where: str) -> Any:
-    """A config section (``TrainConfig.adversarial``, ``.transfer``, ``.few_shot``, ``.self_training``) as its
-    dataclass; None when empty (the section is off). Unknown keys raise :class:`~xner_lib.config.ConfigError`
-    with a suggestion."""
+    """A config section (``TrainConfig.adversarial``, ``.transfer``, ``.few_shot``, ``.self_training``,
+    ``.translate_train``) as its dataclass; None when empty (the section is off). Unknown keys raise
+    :class:`~xner_lib.config.ConfigError` with a suggestion."""
     if not values:
         return None
     known = {f.name for f in fields(cls)}

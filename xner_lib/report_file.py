@@ -44,7 +44,7 @@ COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 5, shared protocol (04)": (r"shared-(?!.*-fs[0-9]+$).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
     "Few-shot curve (04)": (r"(shared-)?[a-z_]+-fs[0-9]+",),
-    "Beyond the paper (04)": (r"self_training", r"freeze_lower"),
+    "Beyond the paper (04)": (r"self_training", r"freeze_lower", r"translate_train"),
 }
 
 _CI = re.compile(r"\[\s*([+-]?(?:nan|[0-9.]+))\s*,\s*([+-]?(?:nan|[0-9.]+))\s*\]")

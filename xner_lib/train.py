@@ -59,6 +59,7 @@ from .objectives import (
     FewShotConfig,
     SelfTrainingConfig,
     TransferConfig,
+    TranslateTrainConfig,
     parse_section,
     sample_units,
 )
@@ -93,7 +94,9 @@ class TrainConfig:
     ``few_shot`` (:class:`~xner_lib.objectives.FewShotConfig`, beyond the paper) adds labelled Chinese
     sentences as a stream of their own; off when empty or of size 0. ``self_training``
     (:class:`~xner_lib.objectives.SelfTrainingConfig`, issue 13) adds the unlabelled Chinese text tagged by a
-    teacher run as a stream of pseudo-labelled sentences; off when empty.
+    teacher run as a stream of pseudo-labelled sentences; ``translate_train``
+    (:class:`~xner_lib.objectives.TranslateTrainConfig`, issue 13) CoNLL rendered into Chinese through the
+    lexicon with projected labels; each off when empty.
 
     Device (issue 16; :mod:`~xner_lib.device`): ``device`` is ``cpu`` (the default: every run before it was made
     on the CPU), ``auto`` (a CUDA GPU when there is one), ``cuda`` or ``cuda:N``; ``precision`` is ``auto``
@@ -123,6 +126,7 @@ class TrainConfig:
     transfer: dict[str, Any] = field(default_factory=dict)
     few_shot: dict[str, Any] = field(default_factory=dict)
     self_training: dict[str, Any] = field(default_factory=dict)
+    translate_train: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     precision: str = "auto"
 
@@ -140,6 +144,9 @@ class TrainConfig:
         self.transfer_config  # noqa: B018
         self.few_shot_config  # noqa: B018
         self.self_training_config  # noqa: B018
+        if self.translate_train_config is not None and self.transfer_config is not None:
+            raise ValueError("translate_train and transfer do not go together: the transfer already trains on the "
+                             "rendered CoNLL sentences (transfer.rendered_weight)")
         if "teacher_dim" in self.head:
             raise ValueError("head.teacher_dim comes from the teacher (the transfer section); do not set it")
         if self.patience is not None and self.patience < 1:
@@ -167,13 +174,18 @@ class TrainConfig:
         """The ``self_training`` section as :class:`~xner_lib.objectives.SelfTrainingConfig` (None: off)."""
         return parse_section(SelfTrainingConfig, self.self_training, "TrainConfig.self_training")
 
+    @property
+    def translate_train_config(self) -> TranslateTrainConfig | None:
+        """The ``translate_train`` section as :class:`~xner_lib.objectives.TranslateTrainConfig` (None: off)."""
+        return parse_section(TranslateTrainConfig, self.translate_train, "TrainConfig.translate_train")
+
 
 #: Fields added to :class:`TrainConfig` after method version 2, with the value that reproduces the code before
 #: them. A run key leaves such a field out while it holds that value (:func:`key_config`), so adding a field
 #: does not orphan the runs made before it; any other value is part of the key.
 #: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
-KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "self_training": {}, "device": "cpu",
-                               "precision": "auto"}
+KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "self_training": {},
+                               "translate_train": {}, "device": "cpu", "precision": "auto"}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -267,7 +279,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
           progress: bool = True, on_eval: Callable[[dict[str, float]], None] | None = None,
           snapshot_epoch: float | None = None, rendered: Prepared | None = None, target: Prepared | None = None,
           teacher: Teacher | None = None, mapping: Tensor | None = None,
-          few_shot: Prepared | None = None, pseudo: Prepared | None = None) -> TrainResult:
+          few_shot: Prepared | None = None, pseudo: Prepared | None = None,
+          translated: Prepared | None = None) -> TrainResult:
     """Train a tagger on ``train_data`` (CoNLL train) and keep the weights with the best strict F1 on
     ``dev_data`` (CoNLL dev). Loss: the CRF negative log-likelihood (eq. 11) plus the named losses the
     config switches on (module docstring).
@@ -278,7 +291,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     ``target``: unlabelled Chinese sentences (their tags are never read) and ``mapping``: the initial ``U``
     (None: the identity). With ``cfg.few_shot``, ``few_shot``: the labelled Chinese sentences it adds (with the
     teacher's features when the variant transfers). With ``cfg.self_training``, ``pseudo``: the unlabelled
-    Chinese sentences with a teacher's tags as their labels (the same checks as ``few_shot``).
+    Chinese sentences with a teacher's tags as their labels; with ``cfg.translate_train``, ``translated``: CoNLL
+    train rendered into Chinese with projected labels (the same checks as ``few_shot``).
 
     CoNLL dev is evaluated at steps ``round(k * steps_per_epoch / evals_per_epoch)`` (so epoch boundaries are
     evaluation points) and at the last step. A run trained without some CoNLL type (``misc_class=False``) is
@@ -305,16 +319,14 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
         raise ValueError("rendered pairs go with the transfer section")
     if mapping is not None and adv is None:
         raise ValueError("an initial map U goes with the adversarial section")
-    fs, st = cfg.few_shot_config, cfg.self_training_config
-    if (fs is None) != (few_shot is None):
-        raise ValueError("labelled Chinese sentences (few_shot) go with a few_shot section of size > 0, and only "
-                         "with it")
-    if (st is None) != (pseudo is None):
-        raise ValueError("pseudo-labelled Chinese sentences (pseudo) go with the self_training section, and only "
-                         "with it")
     # the labelled Chinese streams (beyond the paper): name, section, sentences
-    chinese = [(n, c, d) for n, c, d in (("few_shot", fs, few_shot), ("self_training", st, pseudo))
-               if c is not None and d is not None]
+    sections = (("few_shot", cfg.few_shot_config, few_shot, "few_shot"),
+                ("self_training", cfg.self_training_config, pseudo, "pseudo"),
+                ("translate_train", cfg.translate_train_config, translated, "translated"))
+    for n, c, d, arg in sections:
+        if (c is None) != (d is None):
+            raise ValueError(f"the sentences of {arg} go with the {n} section (of size > 0), and only with it")
+    chinese = [(n, c, d) for n, c, d, _ in sections if c is not None and d is not None]
     for n, _, d in chinese:
         if tra is not None and d.teacher is None:
             raise ValueError(f"transfer: the teacher's features are missing from {n}")
@@ -333,7 +345,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     tagger.teacher = teacher
     adversary = Adversary(adv, encoder.hidden_size, cfg.seed, device=device) if adv is not None else None
     for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target),
-                       ("few_shot", few_shot), ("self_training", pseudo)):
+                       ("few_shot", few_shot), ("self_training", pseudo), ("translate_train", translated)):
         if data is None:
             continue
         if cfg.finetune and data.cached is not None:
