@@ -289,12 +289,20 @@ def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tm
     params.update(results_root=str(tmp_path), data_dir=str(data_dir), max_sentences=16, train_threads=1)
     profile = tmp_path / "mine.yaml"
     profile.write_text(yaml.safe_dump(params), encoding="utf-8")
+    alignment = tmp_path / "results" / "smoke" / "alignment"  # 02's lexicon, for the transfer
+    alignment.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "cpu" / "alignment" / "lexicon.tsv", alignment)
     runs = profile_runs(params)
     assert {"baseline", "no_misc_class", "frozen", "adv_att_pos", "self_training"} <= set(runs)
     assert runs["no_misc_class"].misc_class is False and runs["frozen"].finetune is False  # type: ignore[union-attr]
-    assert main(["runs", "--profile", str(profile), "frozen:2", "baseline:1"]) == 0
+    assert main(["runs", "--profile", str(profile), "frozen:2", "baseline:1", "shared-without_attention:1"]) == 0
     made = tmp_path / "results" / "smoke" / "runs"
-    assert sorted(p.parent.name for p in made.glob("*/metrics.json")) == ["baseline-seed1", "frozen-seed2"]
+    assert sorted(p.parent.name for p in made.glob("*/metrics.json")) == [
+        "baseline-seed1", "frozen-seed2", "shared-without_attention-seed1"]
+    shared = json.loads((made / "shared-without_attention-seed1" / "metrics.json").read_text(encoding="utf-8"))
+    baseline = json.loads((made / "baseline-seed1" / "metrics.json").read_text(encoding="utf-8"))
+    assert shared["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]
+    assert shared["extra"]["run_key_parts"]["encoder"]["name"].endswith("checkpoints/baseline-seed1/encoder")
     first = json.loads((made / "frozen-seed2" / "metrics.json").read_text(encoding="utf-8"))
     assert first["extra"]["run_key_parts"]["config"]["finetune"] is False
     stamp = (made / "frozen-seed2" / "metrics.json").stat().st_mtime_ns
@@ -305,6 +313,7 @@ def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tm
     assert main(["runs", "--profile", str(profile), "nosuch:1"]) == 2
     err = capsys.readouterr().err
     assert "'frozen': expected VARIANT:SEED" in err and "'nosuch:1': expected VARIANT:SEED" in err
+    assert "shared-adv_att_pos" in err  # the shared protocol's runs are named too
 
 
 def test_the_best_saved_run_on_conll_dev_becomes_the_model_predict_reads(tmp_path: Path) -> None:

@@ -272,17 +272,18 @@ def _runs(args: argparse.Namespace) -> int:
     """Train or read back the (variant, seed) pairs ``args.runs`` of a profile, in the order given, each under
     the run key its notebooks give it (:func:`~xner_lib.experiment.profile_runs`), so 03 and 04 then read them
     back: a long profile can be run a piece at a time, or seeds spread over machines that share ``results/``."""
-    from .experiment import experiment_from_params, profile_runs
+    from .experiment import experiment_from_params, profile_runs, profile_shared_runs
 
     try:
         params = _checked_profile(argparse.Namespace(profile=args.profile, notebooks=None, param=[]))
-        runs = profile_runs(params)
+        runs, shared = profile_runs(params), profile_shared_runs(params)
+        known = [*runs, *(f"shared-{k}" for k in shared)]
         pairs = []
         for item in args.runs:
             name, _, seed = item.rpartition(":")
-            if name not in runs or not seed.isdigit():
+            if name not in known or not seed.isdigit():
                 raise ConfigError([f"{item!r}: expected VARIANT:SEED with a variant of the profile "
-                                   f"({', '.join(runs)})"])
+                                   f"({', '.join(known)})"])
             pairs.append((name, int(seed)))
     except (ConfigError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
@@ -291,7 +292,10 @@ def _runs(args: argparse.Namespace) -> int:
         params = {**params, "fresh": True}
     exp = experiment_from_params(params)
     for name, seed in pairs:
-        exp.run_all(runs, [seed], only=[name])
+        if name.startswith("shared-"):  # Table 5's shared protocol over this seed's fine-tuned baseline
+            exp.shared(seed, runs).run_all(shared, [seed], only=[name.removeprefix("shared-")])
+        else:
+            exp.run_all(runs, [seed], only=[name])
     return 0
 
 
@@ -377,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.set_defaults(func=_evaluate)
     rn = sub.add_parser("runs", help="train (or read back) runs of a profile, VARIANT:SEED each, in the order given, "
                         "under the run keys notebooks 03 and 04 read back; one line per run")
-    rn.add_argument("runs", nargs="+", metavar="VARIANT:SEED", help="e.g. adv_att_pos:2 baseline:3")
+    rn.add_argument("runs", nargs="+", metavar="VARIANT:SEED",
+                    help="e.g. adv_att_pos:2 baseline:3 shared-without_transfer:1 (Table 5's shared protocol)")
     rn.add_argument("--profile", default="cpu", help="a profile name (smoke, cpu, paper) or a YAML path")
     rn.add_argument("--fresh", action="store_true", help="retrain, ignoring cached runs")
     rn.set_defaults(func=_runs)

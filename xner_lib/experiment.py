@@ -471,8 +471,8 @@ def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     """Every fine-tuned or frozen run a profile names, as notebook 03 trains them: the ``variants`` over the
     ``train_*`` settings (:func:`resolve_variants`), with ``no_misc_class`` (the baseline without a MISC class)
     when ``nomisc_row`` and ``frozen`` (the ``frozen_*`` settings, :func:`config_on_features`) when
-    ``frozen_row``. Notebooks 03 and 04 and ``python -m xner_lib runs`` build their runs here, so a run made by
-    one is read back by the others."""
+    ``frozen_row``. Notebooks 03 and 04 and ``python -m xner_lib runs`` build their runs here (and the shared
+    protocol's in :func:`profile_shared_runs`), so a run made by one is read back by the others."""
     from .config import from_params
 
     base = from_params(TrainConfig, params, "train_")
@@ -482,6 +482,15 @@ def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     if params.get("frozen_row"):
         runs["frozen"] = config_on_features(params, "frozen_", exclude=["frozen_row"])
     return runs
+
+
+def profile_shared_runs(params: Mapping[str, Any], baseline: bool = False) -> dict[str, TrainConfig | str]:
+    """The runs of Table 5's shared protocol (:meth:`Experiment.shared`), as notebook 04 trains them: the
+    profile's ``variants`` (without ``baseline`` unless asked: the shared protocol's reference is the full
+    model) over the ``shared_*`` settings (:func:`config_on_features`)."""
+    base = config_on_features(params, "shared_", exclude=["shared_seeds"])
+    blocks = params.get("variants") or {}
+    return resolve_variants(base, {k: v for k, v in blocks.items() if baseline or k != "baseline"})
 
 
 def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
