@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import matplotlib
+import pandas as pd
 import pytest
 
 from xner_lib.errors import (
@@ -14,6 +15,7 @@ from xner_lib.errors import (
     confusions,
     error_counts,
     error_table,
+    length_counts,
 )
 from xner_lib.evaluate import score, score_views
 
@@ -146,3 +148,18 @@ def test_error_table_and_figure_cover_every_corpus_and_model() -> None:
     heights = sum(p.get_height() for p in fig.axes[0].patches)
     wb = table[(table.corpus == "weibo") & (table.type != "all")]
     assert heights == pytest.approx(2 * (wb.gold.sum() + wb.pred.sum()))  # each entity once per type, once in all
+
+
+def test_length_bins_count_each_entity_by_its_own_length_and_give_recall_and_precision() -> None:
+    gold = [["B-PER", "O", "B-LOC", "I-LOC", "O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG"],
+            ["B-LOC", "O", "O"]]
+    pred = [["B-PER", "O", "B-LOC", "O", "O", "B-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG", "I-ORG"],
+            ["O", "B-ORG", "O"]]
+    df = length_counts(gold, pred).set_index("length")
+    assert df.index.tolist() == ["1", "2", "3", "4", "5+"]
+    # gold: PER(1) correct, LOC(2) boundary, ORG(6) correct, LOC(1) missed; pred: PER(1), LOC(1), ORG(6), ORG(1)
+    assert df.loc["1", ["gold", "gold_correct", "pred", "pred_correct"]].tolist() == [2, 1, 3, 1]
+    assert df.loc["2", ["gold", "gold_correct", "pred", "pred_correct"]].tolist() == [1, 0, 0, 0]
+    assert df.loc["5+", ["gold", "gold_correct", "pred", "pred_correct"]].tolist() == [1, 1, 1, 1]
+    assert df.loc["1", "recall"] == 0.5 and df.loc["1", "precision"] == 0.3333
+    assert df["gold"].sum() == 4 and df["pred"].sum() == 4 and pd.isna(df.loc["3", "recall"])

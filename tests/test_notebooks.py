@@ -202,3 +202,8 @@ def test_05_case_study_smoke_writes_figure4_heat_maps_and_error_tables(tmp_path:
     agreement = pd.read_csv(res / "tables" / "error_agreement.csv")
     assert len(agreement) == 4 and agreement.same.all(), agreement  # the runs' own strict counts
     assert (res / "figures" / "errors_by_type.png").stat().st_size > 5000
+    lengths = pd.read_csv(res / "tables" / "errors_by_length.csv")
+    for (corpus, model), grp in lengths.groupby(["corpus", "model"]):  # every entity in one length bin
+        total = errors[(errors.corpus == corpus) & (errors.model == model) & (errors.type == "all")]
+        assert grp.gold.sum() == total.gold.item() and grp.pred.sum() == total.pred.item(), (corpus, model)
+        assert grp.gold_correct.sum() == total.gold_correct.item()

@@ -29,7 +29,7 @@ import pandas as pd
 from .batches import pad_features, prepare
 from .data import Dataset, harmonise
 from .device import to_device
-from .errors import confusions, error_counts, error_table
+from .errors import confusions, error_counts, error_table, length_counts
 from .evaluate import harmonised, primary_view
 from .features import extract_unit_features
 from .inference import detect_language, split_text, text_dataset
@@ -230,6 +230,19 @@ def error_analysis(datasets: Mapping[str, Dataset], predictions: Mapping[tuple[s
     conf_df = (pd.concat(conf, ignore_index=True)[["corpus", "model", "gold", "predicted", "count"]] if conf
                else pd.DataFrame(columns=["corpus", "model", "gold", "predicted", "count"]))
     return error_table(counts), conf_df
+
+
+def length_analysis(datasets: Mapping[str, Dataset], predictions: Mapping[tuple[str, str], Sequence[Sequence[str]]]
+                    ) -> pd.DataFrame:
+    """:func:`~xner_lib.errors.length_counts` of each (corpus, model) in the corpus's primary view, as one
+    table: ``corpus``, ``model``, then the length bins' counts, recall and precision."""
+    frames = []
+    for (name, label), pred in predictions.items():
+        ds = datasets[name]
+        frames.append(length_counts([s.tags for s in ds.sentences], pred, ds.format)
+                      .assign(corpus=f"{name} ({primary_view(ds.format)})", model=label))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["corpus", "model", *[c for c in out.columns if c not in ("corpus", "model")]]]
 
 
 def agreement_with_runs(counts: pd.DataFrame, metrics: Mapping[str, Mapping[str, Any]],

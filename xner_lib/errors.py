@@ -156,6 +156,38 @@ def confusions(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fmt
     return df
 
 
+#: the entity lengths (tokens: characters on Chinese) :func:`length_counts` reports; the last bin is open
+LENGTH_BINS: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+def length_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], fmt: str | None = None,
+                  view: str | None = None, bins: Sequence[int] = LENGTH_BINS) -> pd.DataFrame:
+    """Recall and precision by entity length (issue 13, the weak types: single characters, long names): per
+    length bin (``1``, ..., ``"5+"`` for the last), the gold entities of that length and how many are correct,
+    the predicted entities of that length and how many are correct, and the strict recall and precision they
+    give. A gold entity is binned by its own length, a predicted one by its own, so a correct entity counts in
+    the same bin on both sides. ``fmt``/``view`` as in :func:`error_counts`."""
+    if fmt is not None:
+        gold, pred = harmonised(gold, pred, fmt, view)
+    last = bins[-1]
+
+    def label(n: int) -> str:
+        return f"{last}+" if n >= last else str(n)
+
+    counts: Counter[tuple[str, str, bool]] = Counter(
+        (c.side, label(c.end - c.start), c.category == "correct") for c in classify_entities(gold, pred))
+    rows = []
+    for b in [str(n) for n in bins[:-1]] + [f"{last}+"]:
+        row: dict[str, object] = {"length": b}
+        for side in SIDES:
+            row[side] = counts[(side, b, True)] + counts[(side, b, False)]
+            row[f"{side}_correct"] = counts[(side, b, True)]
+        row["recall"] = round(row["gold_correct"] / row["gold"], 4) if row["gold"] else float("nan")
+        row["precision"] = round(row["pred_correct"] / row["pred"], 4) if row["pred"] else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def error_table(results: Mapping[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
     """The :func:`error_counts` of several (corpus, model) pairs as one table: ``corpus`` and ``model``
     columns first, then the counts, and the recall and precision those counts give (strict)."""

@@ -35,6 +35,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
     "beyond": ("Beyond the paper: levers on zero-shot F1, each paired against the baseline", "04_ablation"),
     "errors_by_type": ("Errors by type over the Chinese test sets (one seed)", "05_case_study"),
+    "errors_by_length": ("Recall and precision by entity length, Chinese test sets (one seed)", "05_case_study"),
 }
 
 #: which runs each table's compute is charged to: table -> run-name patterns (regular expressions)
