@@ -850,18 +850,14 @@ def link_best_model(metrics: Iterable[Mapping[str, Any]], variant: str, out: Pat
     selection score; no Chinese label chooses) among its runs in ``metrics`` whose checkpoint is under
     ``out/checkpoints``: the model ``python -m xner_lib predict --model results/<profile>/model`` reads. A
     relative symbolic link, replaced atomically; None (and nothing changed) when no such checkpoint exists."""
-    import os
+    from .files import symlink_atomic
 
     runs = [m for m in metrics if m["variant"] == variant
             and (out / "checkpoints" / f"{variant}-seed{m['seed']}" / "config.json").is_file()]
     if not runs:
         return None
     best = max(runs, key=lambda m: (m["extra"]["best_dev_f1"], -int(m["seed"])))
-    link, tmp = out / "model", out / f".model-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.symlink(Path("checkpoints") / f"{variant}-seed{best['seed']}", tmp, target_is_directory=True)
-    os.replace(tmp, link)
-    return link
+    return symlink_atomic(Path("checkpoints") / f"{variant}-seed{best['seed']}", out / "model")
 
 
 #: the notebook parameters :func:`experiment_from_params` reads (besides every ``decode_*``): notebooks that

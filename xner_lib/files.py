@@ -130,6 +130,17 @@ def scratch_dir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def symlink_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> Path:
+    """Point the symbolic link ``link`` at ``target`` (as given: a relative target resolves from the link's
+    directory), replacing any link already there in one rename, so a reader sees the old target or the new."""
+    path, prefix = _prepare(link)
+    tmp = path.parent / f"{prefix}link"
+    tmp.unlink(missing_ok=True)  # this process's own leftover
+    os.symlink(target, tmp, target_is_directory=True)
+    os.replace(tmp, path)
+    return path
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files and directories of ``path`` (``.<name>.tmp-<pid>...``) whose process no
     longer runs; return what was removed. Those of live processes (this one included) are kept."""
