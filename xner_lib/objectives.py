@@ -21,7 +21,7 @@ with the static-vector aligner of notebook 02.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -95,30 +95,46 @@ class TransferConfig:
 
 
 @dataclass
-class FewShotConfig:
-    """Labelled Chinese sentences added to training (issue 14, beyond the paper; ``TrainConfig.few_shot``).
+class LabelledStreamConfig:
+    """How a stream of labelled Chinese sentences joins training (the sections beyond the paper below):
+    ``batch_size`` of them every ``every``-th step, their CRF loss (eq. 11) added with ``weight``."""
 
-    The first ``size`` sentences of a fixed permutation (``sample_seed``) of ``source`` (a labelled corpus file
-    that is never a test split; default People's Daily dev), so a larger sample holds every smaller one. They
-    form a stream of their own: ``batch_size`` of them every ``every``-th step, their CRF loss (eq. 11) added
-    with ``weight``. Selection stays on CoNLL dev: no Chinese label chooses anything."""
+    section: ClassVar[str] = ""  # the TrainConfig field, named in errors
 
-    size: int = 0
-    source: str = "peoples_daily/dev.txt"
-    sample_seed: int = 0
     batch_size: int = 8
     every: int = 1
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.size < 0 or self.batch_size < 1 or self.every < 1 or self.weight < 0:
-            raise ValueError(f"few_shot: size >= 0, batch_size and every >= 1, weight >= 0 required: {self}")
+        if self.batch_size < 1 or self.every < 1 or self.weight < 0:
+            raise ValueError(f"{self.section}: batch_size and every >= 1, weight >= 0 required: {self}")
+
+
+@dataclass
+class FewShotConfig(LabelledStreamConfig):
+    """Labelled Chinese sentences added to training (issue 14, beyond the paper; ``TrainConfig.few_shot``).
+
+    The first ``size`` sentences of a fixed permutation (``sample_seed``) of ``source`` (a labelled corpus file
+    that is never a test split; default People's Daily dev), so a larger sample holds every smaller one. They
+    form a stream of their own (:class:`LabelledStreamConfig`). Selection stays on CoNLL dev: no Chinese label
+    chooses anything."""
+
+    section: ClassVar[str] = "few_shot"
+
+    size: int = 0
+    source: str = "peoples_daily/dev.txt"
+    sample_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.size < 0:
+            raise ValueError(f"few_shot: size >= 0 required: {self}")
         if self.source.replace("\\", "/").rsplit("/", 1)[-1].startswith("test"):
             raise ValueError(f"few_shot: the labelled sentences must not come from a test split, got {self.source!r}")
 
 
 @dataclass
-class SelfTrainingConfig:
+class SelfTrainingConfig(LabelledStreamConfig):
     """Teacher-student self-training on unlabelled Chinese text (issue 13, beyond the paper;
     ``TrainConfig.self_training``; Wu et al., ACL 2020, "Single-/Multi-Source Cross-Lingual NER via
     Teacher-Student Learning on Unlabeled Data in Target Language").
@@ -126,40 +142,30 @@ class SelfTrainingConfig:
     The ``teacher`` variant's run of the same seed (trained on English only) tags the unlabelled Chinese text
     of the experiment (Weibo train and People's Daily dev, never a test split) with the profile's decoding
     (the target's labels, the link rule); its tags are *hard* pseudo-labels. A student, started like every
-    run from the pretrained encoder, trains on CoNLL as usual plus a stream of ``batch_size`` pseudo-labelled
-    sentences every ``every``-th step, their CRF loss (eq. 11) added with ``weight``. Selection stays on
+    run from the pretrained encoder, trains on CoNLL as usual plus a stream of the pseudo-labelled sentences
+    (:class:`LabelledStreamConfig`). Selection stays on
     CoNLL dev. Wu et al. distil soft token distributions into a student trained on the target text alone; a
     CRF's hard labels and the English stream kept beside them are our choices (docs/method.md, Self-training)."""
 
-    teacher: str = "baseline"
-    batch_size: int = 8
-    every: int = 1
-    weight: float = 1.0
+    section: ClassVar[str] = "self_training"
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.every < 1 or self.weight < 0:
-            raise ValueError(f"self_training: batch_size and every >= 1, weight >= 0 required: {self}")
+    teacher: str = "baseline"
 
 
 @dataclass
-class TranslateTrainConfig:
+class TranslateTrainConfig(LabelledStreamConfig):
     """Translate-train through the lexicon (issue 13, beyond the paper; ``TrainConfig.translate_train``; Xie et
     al., EMNLP 2018, "Neural Cross-Lingual Named Entity Recognition with Minimal Resources").
 
     CoNLL train rendered word by word into Chinese with notebook 02's ``lexicon`` (``alignment``) or a
     ``english<TAB>chinese<TAB>cosine`` file, its labels projected through the word alignment
-    (:func:`~xner_lib.rendering.render_dataset_en`, the rendered pairs of the transfer), trained on directly:
-    ``batch_size`` of them every ``every``-th step, their CRF loss (eq. 11) added with ``weight``. The transfer
+    (:func:`~xner_lib.rendering.render_dataset_en`, the rendered pairs of the transfer), trained on directly as
+    a stream of their own (:class:`LabelledStreamConfig`). The transfer
     already trains on these renderings (with its teacher), so the two sections do not go together."""
 
-    lexicon: str = "alignment"
-    batch_size: int = 8
-    every: int = 1
-    weight: float = 1.0
+    section: ClassVar[str] = "translate_train"
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.every < 1 or self.weight < 0:
-            raise ValueError(f"translate_train: batch_size and every >= 1, weight >= 0 required: {self}")
+    lexicon: str = "alignment"
 
 
 def parse_section(cls: type, values: dict[str, Any] | None, where: str) -> Any:

@@ -1,14 +1,15 @@
 """Training the tagger on English CoNLL-2003 (paper sections 3 and 4.2): the loop over several streams.
 
-Each step draws from up to five streams and sums named losses (:mod:`~xner_lib.objectives`):
+Each step draws from up to six streams and sums named losses (:mod:`~xner_lib.objectives`):
 
 * English CoNLL batches (always): ``ner``, the CRF loss of eq. 11;
 * Chinese renderings of CoNLL sentences with projected labels, read with a frozen teacher's features
   (``TrainConfig.transfer``): ``rendered``;
 * unlabelled Chinese batches (``TrainConfig.adversarial``): ``adversarial``, the generator loss of eqs 6-7,
   after a step of the word discriminator (eqs 4-5) on the same units;
-* beyond the paper, labelled Chinese sentences: gold ones of a dev split (``TrainConfig.few_shot``) or the
-  unlabelled text tagged by a teacher run (``TrainConfig.self_training``): ``few_shot``, ``self_training``.
+* beyond the paper, labelled Chinese sentences: gold ones of a dev split (``TrainConfig.few_shot``), the
+  unlabelled text tagged by a teacher run (``TrainConfig.self_training``) or CoNLL rendered through the lexicon
+  (``TrainConfig.translate_train``): ``few_shot``, ``self_training``, ``translate_train``.
 
 Optimizer groups: the head, the encoder (with and without weight decay) and the map ``U`` of eq. 2, one
 AdamW with a linear warm-up and decay; the discriminator has its own SGD (:class:`~xner_lib.objectives.Adversary`).
@@ -266,8 +267,8 @@ def _labels(ids: Sequence[Sequence[int]], batch: Sequence[int], shape: torch.Siz
 def _stream_loss(tagger: Tagger, data: Prepared, ids: Sequence[Sequence[int]], batch: list[int], amp: Any,
                  device: torch.device) -> Tensor:
     """The CRF loss (eq. 11) of sentences ``batch`` of a labelled stream other than CoNLL train (the rendered
-    pairs, the few-shot and the pseudo-labelled Chinese sentences), with their teacher's features when they
-    have them."""
+    pairs, the labelled Chinese streams beyond the paper), with their teacher's features when they have
+    them."""
     with amp.autocast():
         feats, mask = tagger.features([data.encoded[i] for i in batch], [data.cached[i] for i in batch]
                                       if data.cached is not None else None, data.dataset.language)
