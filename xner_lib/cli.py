@@ -291,9 +291,12 @@ def _runs(args: argparse.Namespace) -> int:
     if args.fresh:
         params = {**params, "fresh": True}
     exp = experiment_from_params(params)
+    over: dict[int, Any] = {}  # per seed, the shared protocol's experiment (its encoder and features loaded once)
     for name, seed in pairs:
         if name.startswith("shared-"):  # Table 5's shared protocol over this seed's fine-tuned baseline
-            exp.shared(seed, runs).run_all(shared, [seed], only=[name.removeprefix("shared-")])
+            if seed not in over:
+                over[seed] = exp.shared(seed, runs)
+            over[seed].run_all(shared, [seed], only=[name.removeprefix("shared-")])
         else:
             exp.run_all(runs, [seed], only=[name])
     return 0

@@ -701,7 +701,7 @@ class Experiment:
         streams = Streams(inputs=self.inputs(cfg, teacher, labeller))
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         if tra is not None and teacher is not None:
-            from .rendering import Lexicon, render_dataset_en, render_dataset_zh, surface_forms
+            from .rendering import Lexicon, render_dataset_zh, surface_forms
 
             tdir = teacher[0]
             lexicon = self.lexicon_file(tra.lexicon, "the transfer")
@@ -714,9 +714,8 @@ class Experiment:
             coverage = {k: render_dataset_zh(self.data[k], lex, casing=casing)[1].as_dict()
                         for k in ("weibo_test", "peoples_daily_test")}
             if tra.rendered_weight > 0:
-                rds, cov = render_dataset_en(self.data["conll_train"], lex)
-                coverage["conll_train_rendered"] = cov.as_dict()
-                streams.rendered = replace(self._prepare(f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen),
+                name, rds, coverage["conll_train_rendered"] = self._rendered_conll(lexicon, lex)
+                streams.rendered = replace(self._prepare(name, rds, frozen),
                                            teacher=with_teacher["conll_train"].teacher)
             streams.teacher = tmodel
             streams.summary["coverage"] = coverage
@@ -736,20 +735,28 @@ class Experiment:
             streams.pseudo = self._labelled_stream(streams, "self_training", Path(pseudo.path).name, pseudo, frozen)
         tt = cfg.translate_train_config
         if tt is not None:
-            from .rendering import Lexicon, render_dataset_en
+            from .rendering import Lexicon
 
             lexicon = self.lexicon_file(tt.lexicon, "translate-train")
-            rds, cov = render_dataset_en(self.data["conll_train"], Lexicon.from_tsv(lexicon))
-            # the same renderings, prepared under the same name, as the transfer's rendered pairs
-            streams.translated = self._labelled_stream(streams, "translate_train",
-                                                       f"conll_train-rendered-{sha256_cached(lexicon)}", rds, frozen)
-            streams.summary["translate_train"]["coverage"] = cov.as_dict()
+            name, rds, coverage = self._rendered_conll(lexicon, Lexicon.from_tsv(lexicon))
+            streams.translated = self._labelled_stream(streams, "translate_train", name, rds, frozen)
+            streams.summary["translate_train"]["coverage"] = coverage
         return corpora, streams
+
+    def _rendered_conll(self, lexicon: Path, lex: Any) -> tuple[str, Dataset, dict[str, Any]]:
+        """CoNLL train rendered into Chinese through ``lex`` (read from ``lexicon``) with projected labels
+        (:func:`~xner_lib.rendering.render_dataset_en`): the name it is prepared under (the same for the
+        transfer's rendered pairs and translate-train), the renderings and their coverage."""
+        from .rendering import render_dataset_en
+
+        rds, cov = render_dataset_en(self.data["conll_train"], lex)
+        return f"conll_train-rendered-{sha256_cached(lexicon)}", rds, cov.as_dict()
 
     def _labelled_stream(self, streams: Streams, role: str, name: str, dataset: Dataset, frozen: bool,
                          source: str = "") -> Prepared:
-        """A labelled Chinese stream (few-shot gold or self-training pseudo-labels) prepared for training, with
-        the transfer teacher's features when the run transfers, its size in ``streams.summary[role]``."""
+        """A labelled Chinese stream (few-shot gold, self-training pseudo-labels, translate-train renderings)
+        prepared for training, with the transfer teacher's features when the run transfers, its size in
+        ``streams.summary[role]``."""
         prepared = self._prepare(f"{name}-{source}" if source else name, dataset, frozen)
         if streams.teacher is not None:
             prepared = replace(prepared, teacher=self._teacher_features(streams.teacher, name, dataset))
