@@ -211,6 +211,11 @@ def predict_sets(models: Mapping[str, Tagger], datasets: Mapping[str, Dataset], 
             for name, ds in datasets.items() for label, tagger in models.items()}
 
 
+def corpus_label(name: str, dataset: Dataset) -> str:
+    """How the error tables name a test set: ``<name> (<its primary view>)``, e.g. ``weibo_test (weibo_nam)``."""
+    return f"{name} ({primary_view(dataset.format)})"
+
+
 def error_analysis(datasets: Mapping[str, Dataset], predictions: Mapping[tuple[str, str], Sequence[Sequence[str]]]
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The error analysis of :mod:`xner_lib.errors` over whole test sets, in each corpus's primary view:
@@ -221,7 +226,7 @@ def error_analysis(datasets: Mapping[str, Dataset], predictions: Mapping[tuple[s
     for (name, label), pred in predictions.items():
         ds = datasets[name]
         gold = [s.tags for s in ds.sentences]
-        corpus = f"{name} ({primary_view(ds.format)})"
+        corpus = corpus_label(name, ds)
         counts[(corpus, label)] = error_counts(gold, pred, ds.format)
         c = confusions(gold, pred, ds.format)
         if not c.empty:
@@ -240,7 +245,7 @@ def length_analysis(datasets: Mapping[str, Dataset], predictions: Mapping[tuple[
     for (name, label), pred in predictions.items():
         ds = datasets[name]
         frames.append(length_counts([s.tags for s in ds.sentences], pred, ds.format)
-                      .assign(corpus=f"{name} ({primary_view(ds.format)})", model=label))
+                      .assign(corpus=corpus_label(name, ds), model=label))
     out = pd.concat(frames, ignore_index=True)
     return out[["corpus", "model", *[c for c in out.columns if c not in ("corpus", "model")]]]
 
@@ -253,8 +258,7 @@ def agreement_with_runs(counts: pd.DataFrame, metrics: Mapping[str, Mapping[str,
     ``same`` when all three agree."""
     rows = []
     for name, ds in datasets.items():
-        view = primary_view(ds.format)
-        corpus = f"{name} ({view})"
+        view, corpus = primary_view(ds.format), corpus_label(name, ds)
         for label, m in metrics.items():
             sub = counts[(counts.corpus == corpus) & (counts.model == label) & (counts.type == "all")]
             if sub.empty:

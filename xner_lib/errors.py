@@ -177,7 +177,7 @@ def length_counts(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], 
     counts: Counter[tuple[str, str, bool]] = Counter(
         (c.side, label(c.end - c.start), c.category == "correct") for c in classify_entities(gold, pred))
     rows = []
-    for b in [str(n) for n in bins[:-1]] + [f"{last}+"]:
+    for b in map(label, bins):
         row: dict[str, object] = {"length": b}
         for side in SIDES:
             row[side] = counts[(side, b, True)] + counts[(side, b, False)]
