@@ -10,7 +10,16 @@ import pandas as pd
 import pytest
 
 from xner_lib import report
-from xner_lib.report_file import compute_table, gather, paired_readings, parse_interval, verdict, write_report
+from xner_lib.report_file import (
+    compute_table,
+    gather,
+    paired_readings,
+    parse_interval,
+    timings,
+    verdict,
+    write_report,
+    write_timings,
+)
 
 
 def _run(variant: str, seed: int, pd_f1: float, weibo_f1: float, train_s: float = 600.0) -> dict:
@@ -76,3 +85,32 @@ def test_report_shows_written_tables_names_missing_ones_and_adds_no_number(tmp_p
     assert "from 2 runs (made at commits abcdef01)" in text
     g = gather(tmp_path)
     assert set(g.tables) == {"table4"} and "table4" not in g.missing and len(g.runs) == 2
+
+
+def test_timings_sum_recorded_parts_and_call_a_notebook_warm_only_when_no_run_finished_during_it(
+        tmp_path: Path) -> None:
+    runs = [{**_run("baseline", 1, 0.5, 0.4, 600), "timestamp_utc": "2026-01-01T10:30:00Z"},
+            {**_run("feature_crf", 1, 0.1, 0.1, 240), "timestamp_utc": "2026-01-01T08:00:00Z"}]
+    for r in runs:
+        path = tmp_path / "runs" / f"{r['variant']}-seed{r['seed']}" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(r))
+
+    def notebook(stem: str, start: str, end: str, seconds: float) -> None:
+        path = tmp_path / "notebooks" / f"{stem}.ipynb"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"cells": [], "metadata": {"papermill": {
+            "start_time": start, "end_time": end, "duration": seconds}}}))
+
+    notebook("03_training", "2026-01-01T10:00:00.5+00:00", "2026-01-01T11:00:00+00:00", 3600)
+    notebook("01_data", "2026-01-01T12:00:00+00:00", "2026-01-01T12:01:00+00:00", 60)
+    t = timings(gather(tmp_path))
+    by_nb = {r["notebook"]: r for r in t["notebooks"]}
+    assert by_nb["03_training"]["runs finished during it"] == 1 and not by_nb["03_training"]["warm"]
+    assert by_nb["01_data"]["warm"] and by_nb["01_data"]["minutes"] == 1.0
+    assert t["run_minutes"] == pytest.approx((660 + 300) / 60, abs=0.1)
+    assert t["warm_minutes"] is None and t["cold_minutes"] is None  # 03 trained a run: no warm time yet
+    notebook("03_training", "2026-01-01T13:00:00+00:00", "2026-01-01T13:02:00+00:00", 120)
+    t = json.loads(write_timings(tmp_path).read_text())
+    assert t["warm_minutes"] == 3.0 and t["cold_minutes"] == pytest.approx(3.0 + t["run_minutes"])
+    assert "Each notebook's last execution" in write_report(tmp_path, "toy").read_text()

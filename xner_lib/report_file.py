@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ class Gathered:
     alignment: dict[str, Any] | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bench: dict[str, Any] | None = None
 
 
 def gather(out: str | Path) -> Gathered:
@@ -95,6 +98,12 @@ def gather(out: str | Path) -> Gathered:
     if align.is_file():
         g.alignment = json.loads(align.read_text(encoding="utf-8"))
     g.runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob("*/metrics.json"))]
+    for nb in sorted((out / "notebooks").glob("*.ipynb")) if (out / "notebooks").is_dir() else []:
+        g.notebooks[nb.stem] = json.loads(nb.read_text(encoding="utf-8")).get("metadata", {}).get("papermill", {})
+    bench = out / "bench.json"
+    if bench.is_file():
+        history = json.loads(bench.read_text(encoding="utf-8"))
+        g.bench = history[-1] if history else None
     return g
 
 
@@ -146,6 +155,57 @@ def compute_table(runs: Iterable[Mapping[str, Any]], groups: Mapping[str, Sequen
     return pd.DataFrame(rows, columns=["table", "runs", "minutes", "median minutes a run"])
 
 
+def _utc(stamp: Any) -> datetime | None:
+    """A papermill or ``metrics.json`` time stamp as an aware UTC datetime (None when absent or unreadable)."""
+    try:
+        t = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def notebook_times(notebooks: Mapping[str, Mapping[str, Any]], runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Wall minutes of each executed notebook (papermill's ``duration``) and how many runs finished while it ran
+    (a run's ``timestamp_utc`` inside the execution): 0 means it read every run it needed from the cache, so
+    its minutes are a warm time. ``notebooks``: stem -> papermill metadata (:attr:`Gathered.notebooks`)."""
+    ends = [t for t in (_utc(r.get("timestamp_utc")) for r in runs) if t is not None]
+    rows = []
+    for stem, meta in notebooks.items():
+        start, end, duration = _utc(meta.get("start_time")), _utc(meta.get("end_time")), meta.get("duration")
+        if duration is None:
+            continue
+        trained = sum(start <= t <= end for t in ends) if start and end else None
+        rows.append({"notebook": stem, "minutes": round(float(duration) / 60, 2),
+                     "executed_utc": meta.get("start_time"), "runs finished during it": trained,
+                     "warm": trained == 0})
+    return pd.DataFrame(rows, columns=["notebook", "minutes", "executed_utc", "runs finished during it", "warm"])
+
+
+def timings(g: Gathered) -> dict[str, Any]:
+    """``results/<profile>/timings.json`` (issue 15): the replication's cost stage by stage, from what was
+    recorded, never estimated by hand. ``runs``: minutes per table as each run recorded them (the cold cost of
+    the training, :func:`compute_table`); ``notebooks``: each notebook's last execution (:func:`notebook_times`);
+    ``cold_minutes``: the runs' minutes plus every notebook's warm minutes, a sum of measured parts (null while
+    a notebook has no warm execution); ``warm_minutes``: the notebooks' warm minutes summed (null likewise);
+    ``peak_rss_mib``: the latest bench's peak (``bench.json``)."""
+    runs, nbs = compute_table(g.runs), notebook_times(g.notebooks, g.runs)
+    all_warm = not nbs.empty and bool(nbs["warm"].all())
+    warm = round(float(nbs["minutes"].sum()), 1) if all_warm else None
+    run_minutes = round(float(runs["minutes"].sum()), 1)
+    return {"git": git_state(), "runs": runs.to_dict("records"), "run_minutes": run_minutes,
+            "notebooks": nbs.to_dict("records"), "warm_minutes": warm,
+            "cold_minutes": None if warm is None else round(run_minutes + warm, 1),
+            "peak_rss_mib": (g.bench or {}).get("peak_rss_mib")}
+
+
+def write_timings(out: str | Path) -> Path:
+    """Write :func:`timings` of ``out`` (``results/<profile>``) to ``out/timings.json`` atomically."""
+    path = Path(out) / "timings.json"
+    record = timings(gather(out))
+    write_atomic(path, lambda fh: json.dump(record, fh, indent=2, default=str))
+    return path
+
+
 def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False)
 
@@ -193,6 +253,22 @@ def render(g: Gathered, profile: str) -> str:
     if not compute.empty:
         lines += ["", "## Compute", "", "Minutes as each run recorded them (training and scoring), on this "
                   "profile's machine.", "", _markdown(compute)]
+    nbs = notebook_times(g.notebooks, g.runs)
+    if not nbs.empty:
+        lines += ["", "Each notebook's last execution (papermill's wall time; warm when no run finished during it, "
+                  "so every run came from the cache):", "", _markdown(nbs)]
+    if g.bench is not None:
+        b = g.bench
+        ex = b.get("extraction", {})
+        lines += ["", f"Bench (`bench.json`, {b.get('timestamp_utc')}, {b.get('threads')} threads): fp32 matmul "
+                  f"{b.get('matmul_gflops', math.nan):.1f} GFLOP/s; feature extraction "
+                  f"{ex.get('tokens_per_s', math.nan):.0f} tokens/s, "
+                  f"{100 * ex.get('share_of_limit', math.nan):.0f}% of it; peak memory "
+                  f"{b.get('peak_rss_mib', math.nan) / 1024:.1f} GiB."]
+        steps = pd.DataFrame(b.get("training", []))
+        if not steps.empty:
+            lines += ["", _markdown(steps[[c for c in ("variant", "seconds_per_step", "sentences_per_s",
+                                                       "ratio_to_first") if c in steps]].round(3))]
     if g.figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in g.figures]
