@@ -167,6 +167,7 @@ def test_06_report_smoke_writes_report_md_from_the_tables_it_finds(tmp_path: Pat
     text = (res / "REPORT.md").read_text(encoding="utf-8")
     assert "base, People's Daily test: ours 0.5000 ± 0.0100 (3 seeds) against the paper's 0.4693" in text
     assert "Not yet made in this profile: Table 1" in text
+    assert json.loads((res / "timings.json").read_text(encoding="utf-8"))["runs"] == []  # no run yet, none invented
 
 
 @pytest.mark.slow
