@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from seqeval.metrics.sequence_labeling import get_entities
 
 from xner_lib.batches import prepare
 from xner_lib.config import ConfigError
@@ -24,14 +25,14 @@ from xner_lib.data.sources import sha256_cached
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import load_encoder
 from xner_lib.experiment import SPLITS, UNLABELLED_SETS, Experiment, resolve_variants, text_only
-from xner_lib.objectives import AdversarialConfig
+from xner_lib.objectives import AdversarialConfig, majority_tags
 from xner_lib.rendering import surface_forms
 from xner_lib.tagger import Tagger, Teacher, predict, save_checkpoint
 from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
-                  "without_transfer", "without_adversarial", "u_from_alignment", "self_training",
+                  "without_transfer", "without_adversarial", "u_from_alignment", "self_training", "self_training_vote",
                   "freeze_lower", "translate_train")
 
 
@@ -367,7 +368,7 @@ def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experi
         h["step"] for h in history if (h["step"] - 1) % every == 0]
     # the pseudo-labels are the teacher checkpoint's tags under the experiment's decoding, never the gold tags
     labeller = (experiment.out / "checkpoints" / "baseline-seed1", base)
-    pseudo = experiment.pseudo_labelled(labeller)
+    pseudo = experiment.pseudo_labelled([labeller])
     teacher = Tagger.from_pretrained(labeller[0])
     teacher.inference = replace(teacher.inference, decode=experiment.decode)
     assert [s.tags for s in pseudo.sentences] == teacher.predict_dataset(text_only(experiment.unlabelled))
@@ -375,7 +376,37 @@ def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experi
     assert not any(t.endswith("MISC") for s in pseudo.sentences for t in s.tags)  # the target's labels only
     # read back from its cache: no teacher is loaded a second time
     monkeypatch.setattr(Tagger, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("labelled again")))
-    assert [s.tags for s in experiment.pseudo_labelled(labeller).sentences] == [s.tags for s in pseudo.sentences]
+    assert [s.tags for s in experiment.pseudo_labelled([labeller]).sentences] == [s.tags for s in pseudo.sentences]
+
+
+def test_an_ensemble_of_teacher_seeds_labels_by_majority(experiment: Experiment) -> None:
+    vote = {"teacher": "baseline", "teacher_seeds": [1, 2, 3], "batch_size": 2}
+    variants = resolve_variants(_base(), {"baseline": {}, "st_vote": {"self_training": vote}})
+    (st,) = experiment.run_all(variants, [2], only=["st_vote"])
+    bases = experiment.run_all(variants, [1, 2, 3], only=["baseline"])  # read back: the student ran them first
+    inputs = st["extra"]["run_key_parts"]["inputs"]["self_training"]
+    assert inputs["teachers"] == [b["extra"]["run_key"] for b in bases] and "teacher" not in inputs
+    labellers = [(experiment.out / "checkpoints" / f"baseline-seed{b['seed']}", b) for b in bases]
+    votes = [[s.tags for s in experiment.pseudo_labelled([lab]).sentences] for lab in labellers]
+    pseudo = experiment.pseudo_labelled(labellers)
+    assert [s.tags for s in pseudo.sentences] == [majority_tags(v) for v in zip(*votes, strict=True)]
+    assert st["extra"]["streams"]["self_training"]["entities"] == sum(
+        len(get_entities(s.tags)) for s in pseudo.sentences)
+    with pytest.raises(ValueError, match="repeat"):
+        _ = TrainConfig(self_training={"teacher_seeds": [1, 1]}).self_training_config
+
+
+def test_majority_keeps_the_entities_more_than_half_the_teachers_predict_exactly() -> None:
+    a = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG"]
+    b = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG"]
+    c = ["B-PER", "O", "O", "B-LOC", "I-LOC", "B-LOC"]
+    # a span (PER 0-1, LOC 3-3) or a type (ORG 5) that two of three predict stays; c's other spans and type go
+    assert majority_tags([a, b, c]) == a
+    assert majority_tags([a, c]) == ["O"] * 6  # two of two needed: a and c share no entity exactly
+    assert majority_tags([a, b, c, c]) == ["O"] * 6  # a tie (two of four) is not a majority
+    assert majority_tags([c]) == c
+    with pytest.raises(ValueError, match="one length"):
+        majority_tags([a, a[:-1]])
 
 
 def test_self_training_refuses_itself_as_teacher_a_cycle_and_a_missing_stream(experiment: Experiment) -> None:

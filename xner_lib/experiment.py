@@ -33,7 +33,7 @@ from .device import mixed_precision, placed, resolve_device
 from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
-from .objectives import FewShotConfig
+from .objectives import FewShotConfig, majority_tags
 from .tagger import (
     InferenceSettings,
     Tagger,
@@ -595,12 +595,13 @@ class Experiment:
         return feats
 
     def _teacher_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str],
-                     section: str = "transfer") -> tuple[Path, dict[str, Any]] | None:
+                     section: str = "transfer", seed: int | None = None) -> tuple[Path, dict[str, Any]] | None:
         """The checkpoint directory and metrics of the run that is the teacher of ``cfg``'s ``section``
         (run or read back first), or None when that section is off: ``transfer``, the frozen English teacher
         (a variant with its own block and no transfer); ``self_training``, the run whose tags are the
-        pseudo-labels (any variant with its own block but ``name`` itself). The shared protocol takes both from
-        the joint experiment (``teachers``), so its students learn from the same runs as the joint ones."""
+        pseudo-labels (any variant with its own block but ``name`` itself). The teacher's run of ``seed``
+        (default: ``cfg``'s). The shared protocol takes both from the joint experiment (``teachers``), so its
+        students learn from the same runs as the joint ones."""
         sec = cfg.transfer_config if section == "transfer" else cfg.self_training_config
         if sec is None:
             return None
@@ -612,20 +613,48 @@ class Experiment:
         if not isinstance(tcfg, TrainConfig) or (source is self and sec.teacher == name):
             raise ValueError(f"variant '{name}': its self-training teacher '{sec.teacher}' must be another variant "
                              "with its own block")
-        tmetrics = source.run(sec.teacher, tcfg, cfg.seed, tvariants, keep_checkpoint=True)
-        return source.out / "checkpoints" / f"{source.prefix}{sec.teacher}-seed{cfg.seed}", tmetrics
+        seed = cfg.seed if seed is None else seed
+        tmetrics = source.run(sec.teacher, tcfg, seed, tvariants, keep_checkpoint=True)
+        return source.out / "checkpoints" / f"{source.prefix}{sec.teacher}-seed{seed}", tmetrics
+
+    def _labellers(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
+                   ) -> list[tuple[Path, dict[str, Any]]] | None:
+        """The runs whose tags are ``cfg``'s pseudo-labels (:meth:`pseudo_labelled`): the self-training
+        teacher's run of each of ``teacher_seeds``, or of ``cfg``'s own seed; None without self-training."""
+        st = cfg.self_training_config
+        if st is None:
+            return None
+        runs = [self._teacher_run(name, cfg, variants, "self_training", seed) for seed in st.teacher_seeds or (None,)]
+        return [r for r in runs if r is not None]
 
     def _cache_file(self, kind: str, name: str, ident: Mapping[str, Any], suffix: str) -> Path:
         """``cache/<kind>/<name>-<digest><suffix>``: a derived file named by the hash of what it is made from."""
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
         return self.out / "cache" / kind / f"{name}-{digest}{suffix}"
 
-    def pseudo_labelled(self, labeller: tuple[Path, dict[str, Any]], device: str = "cpu") -> Dataset:
-        """The unlabelled Chinese text (:data:`UNLABELLED_SETS`) tagged by the ``labeller`` run's checkpoint
+    def pseudo_labelled(self, labellers: Sequence[tuple[Path, dict[str, Any]]], device: str = "cpu") -> Dataset:
+        """The unlabelled Chinese text (:data:`UNLABELLED_SETS`) tagged by the ``labellers`` runs' checkpoints
         under this experiment's decoding and units (self-training, issue 13): one tag per token, the gold tags
-        never read. Cached on disk (``cache/pseudo``) by the labeller's run key and weights (a retrained
-        labeller is never read from a stale file), the text, the decoding and the units."""
+        never read. One labeller's tags are its own; several vote (:func:`~xner_lib.objectives.majority_tags`:
+        an entity stays when more than half of them predict it). Each labeller's tags are cached on disk
+        (``cache/pseudo``) by its run key and weights (a retrained labeller is never read from a stale file),
+        the text, the decoding and the units."""
+        if not labellers:
+            raise ValueError("pseudo_labelled needs at least one labeller run")
         text = text_only(self.unlabelled, "pseudo")
+        tagged = [self._labeller_tags(labeller, text, device) for labeller in labellers]
+        if len(tagged) == 1:
+            tags, stem = tagged[0]
+        else:
+            tags = [majority_tags(votes) for votes in zip(*(t for t, _ in tagged), strict=True)]
+            stem = "vote-" + hashlib.sha256(" ".join(s for _, s in tagged).encode()).hexdigest()[:20]
+        sentences = [Sentence(list(s.tokens), list(t), list(s.lines), s.source)
+                     for s, t in zip(text.sentences, tags, strict=True)]
+        return Dataset("pseudo", "train", text.format, Path(f"{text.path}#{stem}"), sentences)
+
+    def _labeller_tags(self, labeller: tuple[Path, dict[str, Any]], text: Dataset,
+                       device: str) -> tuple[list[list[str]], str]:
+        """One labeller's tags of ``text`` (read from or written to its cache file) and that file's stem."""
         ident = {"labeller": labeller[1]["extra"]["run_key"], "weights": checkpoint_weights(labeller[0]),
                  "text": data_identity(text), "decode": asdict(self.decode), "zh_units": self.zh_units}
         path = self._cache_file("pseudo", "unlabelled", ident, ".json")
@@ -643,9 +672,7 @@ class Experiment:
             tagger.inference = InferenceSettings(self.zh_units, self.decode)
             tags = tagger.predict_dataset(text, progress=self.progress)
             write_bytes_atomic(path, lambda fh: fh.write(json.dumps({"identity": ident, "tags": tags}).encode()))
-        sentences = [Sentence(list(s.tokens), list(t), list(s.lines), s.source)
-                     for s, t in zip(text.sentences, tags, strict=True)]
-        return Dataset("pseudo", "train", text.format, Path(f"{text.path}#{path.stem}"), sentences)
+        return tags, path.stem
 
     def unlabelled_identity(self, why: str) -> list[dict[str, Any]]:
         """:func:`data_identity` of each unlabelled Chinese set (``why`` names what needs them when there are
@@ -655,9 +682,10 @@ class Experiment:
         return [data_identity(d) for d in self.unlabelled]
 
     def inputs(self, cfg: TrainConfig, teacher: tuple[Path, dict[str, Any]] | None,
-               labeller: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+               labellers: Sequence[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
         """What a run reads besides the corpora, as it enters the run key (cheap: checksums and run keys).
-        ``teacher``: the transfer's teacher run; ``labeller``: the self-training teacher run."""
+        ``teacher``: the transfer's teacher run; ``labellers``: the self-training teacher runs
+        (:meth:`_labellers`)."""
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         out: dict[str, Any] = {}
         if tra is not None and teacher is not None:
@@ -676,11 +704,13 @@ class Experiment:
         fs = cfg.few_shot_config
         if fs is not None:
             out["few_shot"] = data_identity(self.few_shot_sample(fs))
-        if cfg.self_training_config is not None:
-            if labeller is None:
-                raise ValueError("self-training needs its teacher run (Experiment._teacher_run)")
+        st = cfg.self_training_config
+        if st is not None:
+            if not labellers:
+                raise ValueError("self-training needs its teacher runs (Experiment._labellers)")
             # the decoding that made the pseudo-labels is the run's own, already in its key (evaluation)
-            out["self_training"] = {"teacher": labeller[1]["extra"]["run_key"],
+            keys = [lab[1]["extra"]["run_key"] for lab in labellers]
+            out["self_training"] = {**({"teachers": keys} if st.teacher_seeds else {"teacher": keys[0]}),
                                     "unlabelled": self.unlabelled_identity("self-training")}
         return out
 
@@ -695,10 +725,11 @@ class Experiment:
                          f"({', '.join(UNLABELLED_SETS)})")
 
     def streams(self, cfg: TrainConfig, corpora: Corpora, teacher: tuple[Path, dict[str, Any]] | None,
-                frozen: bool, labeller: tuple[Path, dict[str, Any]] | None = None) -> tuple[Corpora, Streams]:
+                frozen: bool, labellers: Sequence[tuple[Path, dict[str, Any]]] | None = None
+                ) -> tuple[Corpora, Streams]:
         """The corpora with the teacher's features (when the variant transfers) and the :class:`Streams` of
         one run: built only when the run trains (:func:`run_or_load`'s ``complete``)."""
-        streams = Streams(inputs=self.inputs(cfg, teacher, labeller))
+        streams = Streams(inputs=self.inputs(cfg, teacher, labellers))
         tra, adv = cfg.transfer_config, cfg.adversarial_config
         if tra is not None and teacher is not None:
             from .rendering import Lexicon, render_dataset_zh, surface_forms
@@ -730,8 +761,8 @@ class Experiment:
             streams.few_shot = self._labelled_stream(streams, "few_shot", f"few_shot-{fs.size}-{fs.sample_seed}",
                                                      self.few_shot_sample(fs), frozen, fs.source)
         if cfg.self_training_config is not None:
-            assert labeller is not None
-            pseudo = self.pseudo_labelled(labeller, cfg.device)
+            assert labellers
+            pseudo = self.pseudo_labelled(labellers, cfg.device)
             streams.pseudo = self._labelled_stream(streams, "self_training", Path(pseudo.path).name, pseudo, frozen)
         tt = cfg.translate_train_config
         if tt is not None:
@@ -786,7 +817,7 @@ class Experiment:
         self._running.add((name, seed))
         try:
             teacher = self._teacher_run(name, cfg, variants)
-            labeller = self._teacher_run(name, cfg, variants, "self_training")
+            labellers = self._labellers(name, cfg, variants)
         finally:
             self._running.discard((name, seed))
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
@@ -794,8 +825,8 @@ class Experiment:
                         checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
                         fresh=self.fresh, encoder=self.encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
-                        streams=Streams(inputs=self.inputs(cfg, teacher, labeller)),
-                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labeller))
+                        streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
+                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers))
         self._done[(name, seed)] = m
         return m
 

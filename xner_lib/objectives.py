@@ -20,6 +20,8 @@ with the static-vector aligner of notebook 02.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -150,6 +152,34 @@ class SelfTrainingConfig(LabelledStreamConfig):
     section: ClassVar[str] = "self_training"
 
     teacher: str = "baseline"
+    #: the seeds of ``teacher`` whose tags vote (:func:`majority_tags`): an ensemble of teachers; empty, the
+    #: student's own seed alone
+    teacher_seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.teacher_seeds = tuple(int(s) for s in self.teacher_seeds)
+        if len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise ValueError(f"self_training: teacher_seeds repeat a seed: {list(self.teacher_seeds)}")
+
+
+def majority_tags(votes: Sequence[Sequence[str]]) -> list[str]:
+    """The pseudo-labels of an ensemble of teachers for one sentence (``SelfTrainingConfig.teacher_seeds``):
+    the IOB2 tags of every entity (type and span, strict) that more than half of ``votes`` predict, each vote
+    one teacher's IOB2 tags. No two such entities overlap: each teacher's entities are disjoint, so two
+    overlapping ones would share a voter. One vote keeps all its entities."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    n = len(votes[0]) if votes else 0
+    if not votes or any(len(v) != n for v in votes):
+        raise ValueError(f"majority_tags: one tag sequence per teacher, all of one length: {[len(v) for v in votes]}")
+    counts = Counter(e for v in votes for e in set(get_entities(list(v))))
+    out = ["O"] * n
+    for (etype, start, end), c in sorted(counts.items(), key=lambda x: x[0][1]):
+        if 2 * c > len(votes):
+            assert all(t == "O" for t in out[start:end + 1]), "majority entities overlap"
+            out[start:end + 1] = [f"B-{etype}"] + [f"I-{etype}"] * (end - start)
+    return out
 
 
 @dataclass
