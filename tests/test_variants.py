@@ -24,6 +24,7 @@ from xner_lib.data import load
 from xner_lib.data.sources import sha256_cached
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import load_encoder
+from xner_lib.evaluate import score_dataset
 from xner_lib.experiment import SPLITS, UNLABELLED_SETS, Experiment, resolve_variants, text_only
 from xner_lib.objectives import AdversarialConfig, majority_tags
 from xner_lib.rendering import surface_forms
@@ -374,6 +375,12 @@ def test_self_training_trains_on_the_teachers_tags_of_the_unlabelled_text(experi
     assert [s.tags for s in pseudo.sentences] == teacher.predict_dataset(text_only(experiment.unlabelled))
     assert [s.tokens for s in pseudo.sentences] == [s.tokens for d in experiment.unlabelled for s in d.sentences]
     assert not any(t.endswith("MISC") for s in pseudo.sentences for t in s.tags)  # the target's labels only
+    # their cleanliness against the unlabelled sets' gold, recorded for information, per set in order
+    first = experiment.unlabelled[0]
+    recorded = summary["pseudo_label_scores"][f"{first.name}_{first.split}"]
+    assert set(summary["pseudo_label_scores"]) == {f"{d.name}_{d.split}" for d in experiment.unlabelled}
+    expect = score_dataset(first, [s.tags for s in pseudo.sentences[:len(first)]])
+    assert recorded == {v: expect[v]["strict"] for v in recorded} and recorded
     # read back from its cache: no teacher is loaded a second time
     monkeypatch.setattr(Tagger, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("labelled again")))
     assert [s.tags for s in experiment.pseudo_labelled([labeller]).sentences] == [s.tags for s in pseudo.sentences]

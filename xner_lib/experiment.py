@@ -652,6 +652,22 @@ class Experiment:
                      for s, t in zip(text.sentences, tags, strict=True)]
         return Dataset("pseudo", "train", text.format, Path(f"{text.path}#{stem}"), sentences)
 
+    def pseudo_label_scores(self, pseudo: Dataset) -> dict[str, Any]:
+        """Strict P/R/F1 of ``pseudo``'s tags (:meth:`pseudo_labelled`) against the gold tags of the unlabelled
+        sets they were made from, per set and view: how clean the pseudo-labels are, recorded for information
+        in the run's ``extra.streams``. Never used to choose anything (no threshold, round or run); the sets are
+        Weibo train and People's Daily dev, never a test split."""
+        out: dict[str, Any] = {}
+        start = 0
+        for d in self.unlabelled:
+            pred = [s.tags for s in pseudo.sentences[start:start + len(d)]]
+            start += len(d)
+            out[f"{d.name}_{d.split}"] = {view: score["strict"] for view, score in score_dataset(d, pred).items()
+                                          if isinstance(score, dict) and "strict" in score}
+        if start != len(pseudo):
+            raise ValueError(f"{len(pseudo)} pseudo-labelled sentences for {start} unlabelled ones")
+        return out
+
     def _labeller_tags(self, labeller: tuple[Path, dict[str, Any]], text: Dataset,
                        device: str) -> tuple[list[list[str]], str]:
         """One labeller's tags of ``text`` (read from or written to its cache file) and that file's stem."""
@@ -764,6 +780,7 @@ class Experiment:
             assert labellers
             pseudo = self.pseudo_labelled(labellers, cfg.device)
             streams.pseudo = self._labelled_stream(streams, "self_training", Path(pseudo.path).name, pseudo, frozen)
+            streams.summary["self_training"]["pseudo_label_scores"] = self.pseudo_label_scores(pseudo)
         tt = cfg.translate_train_config
         if tt is not None:
             from .rendering import Lexicon
