@@ -111,6 +111,6 @@ def test_timings_sum_recorded_parts_and_call_a_notebook_warm_only_when_no_run_fi
     assert t["run_minutes"] == pytest.approx((660 + 300) / 60, abs=0.1)
     assert t["warm_minutes"] is None and t["cold_minutes"] is None  # 03 trained a run: no warm time yet
     notebook("03_training", "2026-01-01T13:00:00+00:00", "2026-01-01T13:02:00+00:00", 120)
-    t = json.loads(write_timings(tmp_path).read_text())
+    t = json.loads(write_timings(gather(tmp_path)).read_text())
     assert t["warm_minutes"] == 3.0 and t["cold_minutes"] == pytest.approx(3.0 + t["run_minutes"])
     assert "Each notebook's last execution" in write_report(tmp_path, "toy").read_text()

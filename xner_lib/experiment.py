@@ -662,8 +662,7 @@ class Experiment:
         for d in self.unlabelled:
             pred = [s.tags for s in pseudo.sentences[start:start + len(d)]]
             start += len(d)
-            out[f"{d.name}_{d.split}"] = {view: score["strict"] for view, score in score_dataset(d, pred).items()
-                                          if isinstance(score, dict) and "strict" in score}
+            out[f"{d.name}_{d.split}"] = {view: score["strict"] for view, score in score_dataset(d, pred).items()}
         if start != len(pseudo):
             raise ValueError(f"{len(pseudo)} pseudo-labelled sentences for {start} unlabelled ones")
         return out

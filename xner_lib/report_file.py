@@ -198,10 +198,11 @@ def timings(g: Gathered) -> dict[str, Any]:
             "peak_rss_mib": (g.bench or {}).get("peak_rss_mib")}
 
 
-def write_timings(out: str | Path) -> Path:
-    """Write :func:`timings` of ``out`` (``results/<profile>``) to ``out/timings.json`` atomically."""
-    path = Path(out) / "timings.json"
-    record = timings(gather(out))
+def write_timings(g: Gathered) -> Path:
+    """Write :func:`timings` of ``g`` (:func:`gather` of ``results/<profile>``) to ``timings.json`` there,
+    atomically."""
+    path = g.out / "timings.json"
+    record = timings(g)
     write_atomic(path, lambda fh: json.dump(record, fh, indent=2, default=str))
     return path
 
