@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Run every notebook of one profile headlessly with papermill, in order; or (--test) run the test suite.
 #
-#   ./run_all.sh [--profile smoke|cpu|paper] [--fresh] [--test] [-- extra papermill args]
+#   ./run_all.sh [--profile smoke|cpu|paper] [--fresh | --made-only] [--test] [-- extra papermill args]
 #
 # With no active virtual environment (or conda environment other than base) it creates .venv here and
 # installs the package into it with the exact versions of requirements.lock (again whenever pyproject.toml or
 # the lock changes), then registers the Jupyter kernel "xner". The profile (and every `-p NAME VALUE` after --)
 # is checked against the notebooks' parameters before anything runs: an unknown key stops the run naming file,
 # key and nearest valid key. Each notebook gets only the parameters it declares. --fresh retrains every run
-# instead of reading cached ones back. Executed notebooks go to results/<profile>/notebooks/; the first
-# failure stops the run with a non-zero exit and keeps the failed notebook, with its error, there.
+# instead of reading cached ones back. --made-only trains nothing: each table is made of the runs already
+# made (each row lists its seeds; every run left out is named), for a long profile run a piece at a time
+# (python -m xner_lib runs). Executed notebooks go to results/<profile>/notebooks/; the first failure stops
+# the run with a non-zero exit and keeps the failed notebook, with its error, there.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 profile=cpu
 run_tests=0
 fresh=0
+made_only=0
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,11 +26,14 @@ while [ $# -gt 0 ]; do
     --profile=*) profile="${1#*=}"; shift ;;
     --test) run_tests=1; shift ;;
     --fresh) fresh=1; shift ;;
+    --made-only) made_only=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$fresh" = 1 ] && [ "$made_only" = 1 ]; then
+  echo "run_all.sh: --fresh retrains every run and --made-only trains none: give one of them" >&2; exit 2; fi
 case "$profile" in smoke|cpu|paper) ;; *) echo "run_all.sh: unknown profile '$profile' (smoke, cpu, paper)" >&2; exit 2 ;; esac
 
 # --- environment -------------------------------------------------------------------------------------
@@ -74,6 +80,7 @@ while [ "$i" -lt "${#extra[@]}" ]; do
   esac
 done
 if [ "$fresh" = 1 ]; then params_p+=(-p fresh True); fi
+if [ "$made_only" = 1 ]; then params_p+=(-p missing_runs skip); fi
 param_names=()
 for ((j = 1; j < ${#params_p[@]}; j += 3)); do param_names+=(--param "${params_p[$j]}"); done
 profile_file="configs/$profile.yaml"

@@ -114,3 +114,13 @@ def test_timings_sum_recorded_parts_and_call_a_notebook_warm_only_when_no_run_fi
     t = json.loads(write_timings(gather(tmp_path)).read_text())
     assert t["warm_minutes"] == 3.0 and t["cold_minutes"] == pytest.approx(3.0 + t["run_minutes"])
     assert "Each notebook's last execution" in write_report(tmp_path, "toy").read_text()
+
+
+def test_report_says_which_notebooks_tabulated_only_the_runs_made(tmp_path: Path) -> None:
+    path = tmp_path / "notebooks" / "04_ablation.ipynb"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"cells": [], "metadata": {"papermill": {"parameters": {"missing_runs": "skip"}}}}))
+    (tmp_path / "notebooks" / "03_training.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {"papermill": {"parameters": {"missing_runs": "train"}}}}))
+    text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
+    assert "Executed with `missing_runs: skip` (the profile's runs not all made yet): 04_ablation." in text

@@ -81,6 +81,15 @@ def test_fresh_reaches_only_the_notebooks_that_declare_it(run_all) -> None:
     assert not any("fresh" in fresh[n] for n in fresh if n not in declares)
 
 
+def test_made_only_reaches_the_notebooks_that_build_runs_and_refuses_fresh(run_all) -> None:
+    made = {line.split()[1].rsplit("/", 1)[-1]: line for line in run_all("--profile", "smoke", "--made-only")
+            if line.startswith("papermill ")}
+    declares = {"03_training.ipynb", "04_ablation.ipynb"}
+    assert all("-p missing_runs skip" in made[n] for n in declares)
+    assert not any("missing_runs" in made[n] for n in made if n not in declares)
+    both = run_all.proc("--profile", "smoke", "--made-only", "--fresh")
+    assert both.returncode == 2 and "give one of them" in both.stderr
+
 def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None:
     assert not any(" pip install" in line for line in run_all("--test")), "an up-to-date stamp installs nothing"
     lines = run_all("--test", stamp=None)

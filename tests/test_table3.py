@@ -339,3 +339,12 @@ def test_static_rows_are_runs_read_back_by_run_key_and_rerun_when_it_changes(tmp
     assert t3.loc[0, "paper F1"] == 0.35 and t3.loc[0, "seeds"] == "1 1"
     assert t3.loc[1, "note"] == "not rebuilt: a reason" and t3.isna().loc[1, "People's Daily F1"]
     assert t3.isna().loc[2, "paper F1"] and t3.isna().loc[2, "People's Daily F1 std"]
+
+
+def test_a_table3_row_without_runs_says_so_instead_of_failing() -> None:
+    from xner_lib import report
+    from xner_lib.paper import TABLE3
+
+    t = report.table3({"CRF": ("crf", []), "ELMo": ("elmo", "not rebuilt: no weights")}, TABLE3)
+    assert list(t.note) == ["no run made yet", "not rebuilt: no weights"]
+    assert t.loc[0, "paper F1"] == TABLE3["crf"][2]

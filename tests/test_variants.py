@@ -447,3 +447,45 @@ def test_translate_train_trains_on_conll_rendered_through_the_lexicon(experiment
         h["step"] for h in history if (h["step"] - 1) % every == 0]
     with pytest.raises(ValueError, match="translate_train and transfer do not go together"):
         _base(translate_train={"batch_size": 4}, transfer={"teacher": "baseline"})
+
+
+def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_rest(experiment: Experiment
+                                                                                      ) -> None:
+    """``missing='skip'`` (``./run_all.sh --made-only``): a notebook executed before a long profile is finished
+    tabulates the runs made so far. A run with no metrics.json, a stale one, and a student whose teacher is not
+    made are left out and named; nothing trains and no file is written."""
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    made = experiment.run_all(variants, [1], only=["baseline"])[0]
+    runs = experiment.out / "runs"
+    # a stale record (another seed's key) and a student without its teacher's run
+    for name in ("baseline-seed9", "adv_att_pos-seed8"):
+        (runs / name).mkdir()
+        shutil.copy(runs / "baseline-seed1" / "metrics.json", runs / name / "metrics.json")
+    before = {p: p.read_bytes() for p in runs.rglob("metrics.json")}
+    checkpoints = sorted(p.name for p in (experiment.out / "checkpoints").iterdir())
+
+    skip = replace(experiment, missing="skip")
+    got = skip.run_all(variants, [1, 8, 9], only=["baseline"]) + skip.run_all(variants, [8, 9], only=["adv_att_pos"])
+    assert [(m["variant"], m["seed"]) for m in got if m["variant"] == "baseline"] == [("baseline", 1)]
+    assert got[0]["extra"]["run_key"] == made["extra"]["run_key"]
+    assert ("adv_att_pos", 8) not in [(m["variant"], m["seed"]) for m in got]
+    reasons = dict(s.split(": ", 1) for s in skip.skipped)
+    assert reasons["baseline seed 8"] == "no metrics.json"
+    assert reasons["baseline seed 9"].startswith("its metrics.json is stale")
+    assert reasons["adv_att_pos seed 8"] == "a teacher's run is not made"
+    assert reasons["adv_att_pos seed 9"] == "no metrics.json"
+    assert len(skip.skipped) == len(set(skip.skipped)) == 4  # baseline 8 once, though asked for twice
+    assert skip.skipped_summary().startswith("4 runs not made yet")
+    blocks = {"adv_att_pos": _profile("smoke")["variants"]["adv_att_pos"]}
+    shared = resolve_variants(_base(finetune=False, lr=0.0), blocks)
+    assert skip.run_shared(variants, shared, [8]) == []
+    after = {p: p.read_bytes() for p in runs.rglob("metrics.json")}
+    assert after == before
+    assert sorted(p.name for p in (experiment.out / "checkpoints").iterdir()) == checkpoints
+    for name in ("baseline-seed9", "adv_att_pos-seed8"):
+        shutil.rmtree(runs / name)
+    with pytest.raises(ValueError, match="missing_runs must be one of train, skip"):
+        replace(experiment, missing="later")
+    with pytest.raises(ValueError, match="set one of the two"):
+        replace(experiment, missing="skip", fresh=True)
+    assert replace(experiment).skipped_summary() == "every run asked for is made"

@@ -71,7 +71,11 @@ def load_models(params: Mapping[str, Any], names: Mapping[str, str], seed: int) 
         source = target if isinstance(target, str) else variant  # a variant sharing another's runs
         cfg = runs[source]
         assert not isinstance(cfg, str)
-        metrics[label] = exp.run(source, cfg, seed, runs, keep_checkpoint=True)
+        m = exp.run(source, cfg, seed, runs, keep_checkpoint=True)
+        if m is None:
+            raise FileNotFoundError(f"{label}: the run {source} seed {seed} is not made and missing_runs is 'skip': "
+                                    "make it (python -m xner_lib runs) or set missing_runs to 'train'")
+        metrics[label] = m
         models[label] = Tagger.from_pretrained(exp.out / "checkpoints" / f"{source}-seed{seed}",
                                                device=str(params.get("train_device", "cpu")))
     return CaseModels(exp, models, metrics)

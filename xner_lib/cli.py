@@ -288,6 +288,7 @@ def _runs(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         return 2
+    params = {**params, "missing_runs": "train"}  # the command trains what it is asked for
     if args.fresh:
         params = {**params, "fresh": True}
     exp = experiment_from_params(params)

@@ -24,10 +24,11 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES = ("smoke", "cpu", "paper")
-#: Notebook parameters a profile may leave to the notebook's default: where results go, the ``fresh``
-#: run switch (``run_all.sh --fresh``), and the notebook's own example queries. Everything else that a
-#: notebook declares must have a value in every profile.
-PROFILE_OPTIONAL = frozenset({"results_root", "fresh", "neighbour_queries_en", "neighbour_queries_zh"})
+#: Notebook parameters a profile may leave to the notebook's default: where results go, the run switches
+#: ``fresh`` (``run_all.sh --fresh``) and ``missing_runs`` (``run_all.sh --made-only``), and the notebook's own
+#: example queries. Everything else that a notebook declares must have a value in every profile.
+PROFILE_OPTIONAL = frozenset({"results_root", "fresh", "missing_runs", "neighbour_queries_en",
+                              "neighbour_queries_zh"})
 
 T = TypeVar("T")
 

@@ -217,10 +217,11 @@ def version_differences(old_versions: Mapping[str, Any], new_versions: Mapping[s
 
 
 def read_cached(path: Path, key: str, parts: Mapping[str, Any], *, fresh: bool = False,
-                checkpoint: Path | None = None) -> dict[str, Any] | None:
+                checkpoint: Path | None = None, read_only: bool = False) -> dict[str, Any] | None:
     """The cached ``metrics.json`` at ``path`` when it can be read back (its run key is ``key`` and, with
     ``checkpoint``, a checkpoint of that run is there), else None: absent, ``fresh``, or stale, which one
-    warning-level log line explains (:func:`key_differences`). A run read back that was made under other
+    warning-level log line explains (:func:`key_differences`; with ``read_only`` it says the run is left out,
+    not rerun). A run read back that was made under other
     package versions (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone:
     a ``warnings.warn`` names each package and both versions (``fresh=True`` reruns it)."""
     if not path.is_file():
@@ -235,7 +236,8 @@ def read_cached(path: Path, key: str, parts: Mapping[str, Any], *, fresh: bool =
             warnings.warn(f"{path}: read back a run made under other package versions ({'; '.join(diffs)}); "
                           "it is not rerun for versions alone (fresh=True reruns it)", stacklevel=3)
         return old
-    logger.warning("%s: rerunning the cached run: %s", path.parent.name, reason)
+    logger.warning("%s: %s: %s", path.parent.name,
+                   "not read back, left out (read only)" if read_only else "rerunning the cached run", reason)
     return None
 
 
@@ -281,7 +283,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                 runs_dir: Path, *, checkpoints_dir: Path | None = None, progress: bool = True, fresh: bool = False,
                 encoder: Encoder | None = None, decode: DecodeConfig | None = None,
                 snapshot_epoch: float | None = None, streams: Streams | None = None,
-                complete: Callable[[], tuple[Corpora, Streams]] | None = None) -> dict[str, Any]:
+                complete: Callable[[], tuple[Corpora, Streams]] | None = None,
+                read_only: bool = False) -> dict[str, Any] | None:
     """Train and evaluate one (variant, seed), or read back its ``metrics.json`` when its run key matches.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
@@ -303,7 +306,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     key is there; otherwise it is rerun, and one log line (warning level) names what differed. ``fresh=True``
     ignores any cached run. A run read back that was made under other package versions
     (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone: a ``warnings.warn``
-    names each package and both versions (pass ``fresh=True`` to rerun it).
+    names each package and both versions (pass ``fresh=True`` to rerun it). ``read_only``: a run that would
+    have to train returns None instead (the log line still says why a stale one is not read back).
     """
     run_dir = runs_dir / f"{variant}-seed{cfg.seed}"
     path = run_dir / "metrics.json"
@@ -318,8 +322,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     streams = streams or Streams()
     parts = run_key_parts(variant, cfg, reference, corpora, evaluation, streams.inputs)
     key = run_key(parts)
-    cached = read_cached(path, key, parts, fresh=fresh, checkpoint=checkpoint)
-    if cached is not None:
+    cached = read_cached(path, key, parts, fresh=fresh, checkpoint=checkpoint, read_only=read_only)
+    if cached is not None or read_only:
         return cached
     if complete is not None:
         corpora, built = complete()
@@ -516,7 +520,13 @@ class Experiment:
     The ``shared`` protocol of Table 5 (issue 12) is an experiment over the same seed's fine-tuned baseline
     encoder, frozen: its runs are named ``prefix + variant`` (e.g. ``shared-adv_att_pos``), and its
     transfer variants take their teacher from ``teachers = (experiment, variants)`` (the joint protocol's
-    baseline of the same seed) instead of from their own variants."""
+    baseline of the same seed) instead of from their own variants.
+
+    ``missing``: what a run that is not made yet (no ``metrics.json``, a stale one, or a teacher not made)
+    does: ``train`` (the default) trains it; ``skip`` leaves it out of what :meth:`run_all` and
+    :meth:`run_shared` return and names it in :attr:`skipped`, so a notebook executed before a long profile
+    is finished tabulates the runs made so far, each row with its seeds (README, Running a profile in
+    pieces)."""
 
     data: Mapping[str, Dataset]
     encoder: Encoder
@@ -533,9 +543,28 @@ class Experiment:
     prefix: str = ""
     teachers: tuple[Experiment, Mapping[str, TrainConfig | str]] | None = None
     device: str = "cpu"
+    missing: str = "train"
+    skipped: list[str] = field(default_factory=list, init=False, repr=False)
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
     _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
     _running: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.missing not in MISSING_RUNS:
+            raise ValueError(f"missing_runs must be one of {', '.join(MISSING_RUNS)}, got {self.missing!r}")
+        if self.missing == "skip" and self.fresh:
+            raise ValueError("missing_runs 'skip' reads runs back and fresh reruns them: set one of the two")
+
+    def _skip(self, name: str, seed: int, why: str) -> None:
+        entry = f"{self.prefix}{name} seed {seed}: {why}"
+        if entry not in self.skipped:
+            self.skipped.append(entry)
+
+    def skipped_summary(self) -> str:
+        """One line: every run made, or how many were skipped (``missing='skip'``) and which."""
+        if not self.skipped:
+            return "every run asked for is made"
+        return f"{len(self.skipped)} runs not made yet, left out (missing_runs 'skip'):\n  " + "\n  ".join(self.skipped)
 
     # -- inputs, prepared once ------------------------------------------------------------------------
     def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
@@ -595,13 +624,15 @@ class Experiment:
         return feats
 
     def _teacher_run(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str],
-                     section: str = "transfer", seed: int | None = None) -> tuple[Path, dict[str, Any]] | None:
+                     section: str = "transfer", seed: int | None = None
+                     ) -> tuple[Path, dict[str, Any] | None] | None:
         """The checkpoint directory and metrics of the run that is the teacher of ``cfg``'s ``section``
         (run or read back first), or None when that section is off: ``transfer``, the frozen English teacher
         (a variant with its own block and no transfer); ``self_training``, the run whose tags are the
         pseudo-labels (any variant with its own block but ``name`` itself). The teacher's run of ``seed``
         (default: ``cfg``'s). The shared protocol takes both from the joint experiment (``teachers``), so its
-        students learn from the same runs as the joint ones."""
+        students learn from the same runs as the joint ones. The metrics are None when the teacher's run is
+        skipped (``missing``)."""
         sec = cfg.transfer_config if section == "transfer" else cfg.self_training_config
         if sec is None:
             return None
@@ -814,11 +845,12 @@ class Experiment:
 
     # -- runs ----------------------------------------------------------------------------------------------
     def run(self, name: str, vcfg: TrainConfig, seed: int, variants: Mapping[str, TrainConfig | str], *,
-            keep_checkpoint: bool = False) -> dict[str, Any]:
+            keep_checkpoint: bool = False) -> dict[str, Any] | None:
         """One (variant, seed): read back or trained (:func:`run_or_load`); its teacher first. A run done in
         this session is not redone (``fresh`` retrains each run once, not once per student). Its checkpoint
         is kept with ``save_checkpoints``, ``keep_checkpoint``, or when a variant of ``variants`` transfers or
-        self-trains from it."""
+        self-trains from it. None, and the run named in :attr:`skipped`, when ``missing`` is ``skip`` and the
+        run (or a teacher of it) would have to train."""
         teachers = {c.teacher for v in variants.values() if isinstance(v, TrainConfig)
                     for c in (v.transfer_config, v.self_training_config) if c is not None} if self.teachers is None \
             else set()
@@ -826,6 +858,10 @@ class Experiment:
         checkpoint = self.out / "checkpoints" / f"{self.prefix}{name}-seed{seed}" / "config.json"
         if (name, seed) in self._done and (not keep or checkpoint.is_file()):
             return self._done[(name, seed)]
+        skip = self.missing == "skip"
+        if skip and not (self.out / "runs" / f"{self.prefix}{name}-seed{seed}" / "metrics.json").is_file():
+            self._skip(name, seed, "no metrics.json")
+            return None
         cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
         frozen = not cfg.finetune
         if (name, seed) in self._running:
@@ -836,13 +872,19 @@ class Experiment:
             labellers = self._labellers(name, cfg, variants)
         finally:
             self._running.discard((name, seed))
+        if any(t[1] is None for t in [*([teacher] if teacher else []), *(labellers or [])]):
+            self._skip(name, seed, "a teacher's run is not made")
+            return None
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
         m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
                         checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
                         fresh=self.fresh, encoder=self.encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
                         streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
-                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers))
+                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers), read_only=skip)
+        if m is None:
+            self._skip(name, seed, "its metrics.json is stale or its checkpoint is missing (the log says which)")
+            return None
         self._done[(name, seed)] = m
         return m
 
@@ -850,7 +892,7 @@ class Experiment:
                 only: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every (variant, seed) of ``only`` (default: all) variants, variant by variant, each read back when
         cached. A variant that names another (a string) gets that variant's runs, relabelled, with
-        ``extra.same_as`` set. Prints one line per run."""
+        ``extra.same_as`` set. Prints one line per run; a run skipped (``missing``) is left out."""
         out: list[dict[str, Any]] = []
         for name in (only if only is not None else list(variants)):
             target = variants[name]
@@ -859,6 +901,9 @@ class Experiment:
             assert isinstance(vcfg, TrainConfig)
             for seed in seeds:
                 m = self.run(source, vcfg, seed, variants)
+                if m is None:
+                    print(self.prefix + name, "seed", seed, "not made yet: left out (missing_runs 'skip')")
+                    continue
                 if source != name:
                     m = {**m, "variant": self.prefix + name, "extra": {**m["extra"], "same_as": self.prefix + source}}
                 out.append(m)
@@ -867,16 +912,18 @@ class Experiment:
                       f"{m['extra']['steps']} steps")
         return out
 
-    def shared(self, seed: int, variants: Mapping[str, TrainConfig | str]) -> Experiment:
+    def shared(self, seed: int, variants: Mapping[str, TrainConfig | str]) -> Experiment | None:
         """The ``shared`` protocol's experiment for ``seed`` (Table 5, issue 12): the fine-tuned encoder of
         this experiment's ``baseline`` run of that seed (run or read back first, its checkpoint kept),
         frozen, with its features cached; runs named ``shared-<variant>``; the teacher of its transfer
-        variants is this experiment's baseline of the same seed."""
+        variants is this experiment's baseline of the same seed. None when that baseline is skipped
+        (``missing``)."""
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
         tagger_dir = self.out / "checkpoints" / f"{self.prefix}baseline-seed{seed}"
-        self.run("baseline", base, seed, variants, keep_checkpoint=True)
+        if self.run("baseline", base, seed, variants, keep_checkpoint=True) is None:
+            return None
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
@@ -890,7 +937,12 @@ class Experiment:
         training settings)."""
         out: list[dict[str, Any]] = []
         for seed in seeds:
-            out += self.shared(seed, variants).run_all(shared, [seed], only=only)
+            over = self.shared(seed, variants)
+            if over is None:
+                print("shared protocol, seed", seed, "left out: its baseline is not made (missing_runs 'skip')")
+                continue
+            out += over.run_all(shared, [seed], only=only)
+            self.skipped += [s for s in over.skipped if s not in self.skipped]
         return out
 
     def describe(self) -> dict[str, str]:
@@ -914,19 +966,23 @@ def link_best_model(metrics: Iterable[Mapping[str, Any]], variant: str, out: Pat
     return symlink_atomic(Path("checkpoints") / f"{variant}-seed{best['seed']}", out / "model")
 
 
+#: what an :class:`Experiment` does with a run not made yet (``missing_runs``): train it, or leave it out
+MISSING_RUNS: tuple[str, ...] = ("train", "skip")
+
 #: the notebook parameters :func:`experiment_from_params` reads (besides every ``decode_*``): notebooks that
 #: build an :class:`Experiment` declare them all, so that each builds the same one and reads back the
 #: others' runs instead of retraining them under another key (tests/test_config.py holds every profile to it)
 EXPERIMENT_PARAMS: tuple[str, ...] = ("profile", "data_dir", "results_root", "max_sentences", "encoder", "zh_units",
                                       "compare_units", "snapshot_epoch", "save_checkpoints", "fresh",
-                                      "train_device", "train_precision")
+                                      "train_device", "train_precision", "missing_runs")
 
 
 def experiment_from_params(params: Mapping[str, Any]) -> Experiment:
     """The notebooks' :class:`Experiment` from their parameters (03 and 04 share it): the :data:`SPLITS` and
     :data:`UNLABELLED_SETS` read from ``data_dir`` (first ``max_sentences``), the ``encoder``, decoding from
     the ``decode_*`` parameters, ``zh_units``, ``compare_units``, ``snapshot_epoch``, ``save_checkpoints`` and
-    ``fresh``; results under ``results/<profile>`` (``results_root``). The device (``train_device``, default
+    ``fresh``, ``missing_runs`` (:attr:`Experiment.missing`); results under ``results/<profile>``
+    (``results_root``). The device (``train_device``, default
     ``cpu``) and its precision (``train_precision``) are checked first and the encoder loaded next, so a GPU
     or an encoder this machine lacks stops the notebook at once, with one message, before any data is read."""
     from .config import from_params, results_dir
@@ -942,4 +998,5 @@ def experiment_from_params(params: Mapping[str, Any]) -> Experiment:
     return Experiment(data, encoder, p["encoder"], results_dir(p["profile"], p.get("results_root")),
                       decode, zh_units=p.get("zh_units", "char"), compare_units=bool(p.get("compare_units", False)),
                       snapshot_epoch=p.get("snapshot_epoch"), save_checkpoints=bool(p.get("save_checkpoints", False)),
-                      fresh=bool(p.get("fresh", False)), unlabelled=unlabelled, device=device)
+                      fresh=bool(p.get("fresh", False)), unlabelled=unlabelled, device=device,
+                      missing=str(p.get("missing_runs", "train")))

@@ -236,6 +236,10 @@ def render(g: Gathered, profile: str) -> str:
     lines += [f"- {r}" for r in reading] or ["- No table with results yet."]
     lines += ["", "A paired difference is a gain or a loss only when its whole 95% t-interval over seeds lies on one "
               "side of zero."]
+    partial = [nb for nb, meta in g.notebooks.items() if meta.get("parameters", {}).get("missing_runs") == "skip"]
+    if partial:
+        lines += ["", "Executed with `missing_runs: skip` (the profile's runs not all made yet): "
+                  f"{', '.join(partial)}. Their tables hold the runs made so far; each row lists its seeds."]
     if g.missing:
         lines += ["", "Not yet made in this profile: " + "; ".join(
             f"{TABLES[s][0].split(':')[0]} ({s}.csv, notebook {nb})" for s, nb in g.missing.items()) + "."]
