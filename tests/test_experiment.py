@@ -283,7 +283,7 @@ def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tm
 
     from xner_lib.cli import main
     from xner_lib.config import REPO_ROOT
-    from xner_lib.experiment import profile_runs
+    from xner_lib.experiment import experiment_from_params, profile_few_shot_runs, profile_runs
 
     params = yaml.safe_load((REPO_ROOT / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
     params.update(results_root=str(tmp_path), data_dir=str(data_dir), max_sentences=16, train_threads=1)
@@ -295,10 +295,19 @@ def test_runs_command_trains_profile_runs_one_by_one_under_the_notebooks_keys(tm
     runs = profile_runs(params)
     assert {"baseline", "no_misc_class", "frozen", "adv_att_pos", "self_training"} <= set(runs)
     assert runs["no_misc_class"].misc_class is False and runs["frozen"].finetune is False  # type: ignore[union-attr]
-    assert main(["runs", "--profile", str(profile), "frozen:2", "baseline:1", "shared-without_attention:1"]) == 0
+    assert main(["runs", "--profile", str(profile), "frozen:2", "baseline:1", "shared-without_attention:1",
+                 "shared-baseline-fs5:1"]) == 0
     made = tmp_path / "results" / "smoke" / "runs"
     assert sorted(p.parent.name for p in made.glob("*/metrics.json")) == [
-        "baseline-seed1", "frozen-seed2", "shared-without_attention-seed1"]
+        "baseline-seed1", "frozen-seed2", "shared-baseline-fs5-seed1", "shared-without_attention-seed1"]
+    # the few-shot curve's run, under the key notebook 04 gives it: 04's call reads it back
+    fs_file = made / "shared-baseline-fs5-seed1" / "metrics.json"
+    fs_stamp = fs_file.stat().st_mtime_ns
+    assert json.loads(fs_file.read_text(encoding="utf-8"))["config"]["few_shot"]["size"] == 5
+    exp = experiment_from_params({**params, "missing_runs": "skip"})
+    back = exp.run_shared(runs, profile_few_shot_runs(params), [1], only=["baseline-fs5"])
+    assert [m["variant"] for m in back] == ["shared-baseline-fs5"] and not exp.skipped
+    assert fs_file.stat().st_mtime_ns == fs_stamp
     shared = json.loads((made / "shared-without_attention-seed1" / "metrics.json").read_text(encoding="utf-8"))
     baseline = json.loads((made / "baseline-seed1" / "metrics.json").read_text(encoding="utf-8"))
     assert shared["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]

@@ -497,6 +497,26 @@ def profile_shared_runs(params: Mapping[str, Any], baseline: bool = False) -> di
     return resolve_variants(base, {k: v for k, v in blocks.items() if baseline or k != "baseline"})
 
 
+#: the protocols the few-shot curve can be trained under (``few_shot_protocol``)
+FEW_SHOT_PROTOCOLS: tuple[str, ...] = ("shared", "joint")
+
+
+def profile_few_shot_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
+    """The few-shot curve's runs (issue 14), as notebook 04 and ``python -m xner_lib runs`` build them:
+    :func:`few_shot_variants` of the ``few_shot_models`` at the ``few_shot_sizes`` with the ``few_shot``
+    section, over the shared protocol's runs (the baseline included; run names ``shared-<variant>-fs<n>``)
+    when ``few_shot_protocol`` is ``shared``, else over the fine-tuned runs (:func:`profile_runs`). Empty
+    when the profile names no few-shot model."""
+    protocol = params.get("few_shot_protocol", "shared")
+    if protocol not in FEW_SHOT_PROTOCOLS:
+        raise ValueError(f"few_shot_protocol must be shared or joint, got {protocol!r}")
+    models = list((params.get("few_shot_models") or {}).values())
+    if not models:
+        return {}
+    base = profile_shared_runs(params, baseline=True) if protocol == "shared" else profile_runs(params)
+    return few_shot_variants(base, models, params["few_shot_sizes"], params["few_shot"])
+
+
 def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
     """The sentences of ``datasets`` with every tag replaced by ``O``: unlabelled Chinese text, so that no
     label of it can reach training."""
