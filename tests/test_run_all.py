@@ -90,6 +90,7 @@ def test_made_only_reaches_the_notebooks_that_build_runs_and_refuses_fresh(run_a
     both = run_all.proc("--profile", "smoke", "--made-only", "--fresh")
     assert both.returncode == 2 and "give one of them" in both.stderr
 
+
 def test_install_uses_the_lock_and_reruns_when_the_lock_changes(run_all) -> None:
     assert not any(" pip install" in line for line in run_all("--test")), "an up-to-date stamp installs nothing"
     lines = run_all("--test", stamp=None)

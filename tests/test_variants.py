@@ -449,8 +449,8 @@ def test_translate_train_trains_on_conll_rendered_through_the_lexicon(experiment
         _base(translate_train={"batch_size": 4}, transfer={"teacher": "baseline"})
 
 
-def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_rest(experiment: Experiment
-                                                                                      ) -> None:
+def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_rest(
+        experiment: Experiment, caplog: pytest.LogCaptureFixture) -> None:
     """``missing='skip'`` (``./run_all.sh --made-only``): a notebook executed before a long profile is finished
     tabulates the runs made so far. A run with no metrics.json, a stale one, and a student whose teacher is not
     made are left out and named; nothing trains and no file is written."""
@@ -472,13 +472,17 @@ def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_
     reasons = dict(s.split(": ", 1) for s in skip.skipped)
     assert reasons["baseline seed 8"] == "no metrics.json"
     assert reasons["baseline seed 9"].startswith("its metrics.json is stale")
+    assert ("baseline-seed9: not read back, left out (read only): its run key differs: config.seed: 1 -> 9"
+            in caplog.text)
     assert reasons["adv_att_pos seed 8"] == "a teacher's run is not made"
     assert reasons["adv_att_pos seed 9"] == "no metrics.json"
     assert len(skip.skipped) == len(set(skip.skipped)) == 4  # baseline 8 once, though asked for twice
     assert skip.skipped_summary().startswith("4 runs not made yet")
-    blocks = {"adv_att_pos": _profile("smoke")["variants"]["adv_att_pos"]}
+    blocks = {"without_transfer": _profile("smoke")["variants"]["without_transfer"]}
     shared = resolve_variants(_base(finetune=False, lr=0.0), blocks)
-    assert skip.run_shared(variants, shared, [8]) == []
+    assert skip.run_shared(variants, shared, [1, 8]) == []  # seed 1 over the made baseline, seed 8 without one
+    assert "shared-without_transfer seed 1: no metrics.json" in skip.skipped
+    assert "shared-without_transfer seed 8: the seed's fine-tuned baseline is not made" in skip.skipped
     after = {p: p.read_bytes() for p in runs.rglob("metrics.json")}
     assert after == before
     assert sorted(p.name for p in (experiment.out / "checkpoints").iterdir()) == checkpoints
@@ -488,4 +492,3 @@ def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_
         replace(experiment, missing="later")
     with pytest.raises(ValueError, match="set one of the two"):
         replace(experiment, missing="skip", fresh=True)
-    assert replace(experiment).skipped_summary() == "every run asked for is made"

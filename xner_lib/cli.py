@@ -290,7 +290,7 @@ def _runs(args: argparse.Namespace) -> int:
                 raise ConfigError([f"{item!r}: expected VARIANT:SEED with a variant of the profile "
                                    f"({', '.join(known)})"])
             pairs.append((name, int(seed)))
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2
     params = {**params, "missing_runs": "train"}  # the command trains what it is asked for
@@ -391,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rn = sub.add_parser("runs", help="train (or read back) runs of a profile, VARIANT:SEED each, in the order given, "
                         "under the run keys notebooks 03 and 04 read back; one line per run")
     rn.add_argument("runs", nargs="+", metavar="VARIANT:SEED",
-                    help="e.g. adv_att_pos:2 baseline:3 shared-without_transfer:1 (Table 5's shared protocol)")
+                    help="e.g. adv_att_pos:2 baseline:3 shared-without_transfer:1 (Table 5's shared protocol) "
+                    "shared-baseline-fs10:1 (04's few-shot curve, under its protocol's prefix)")
     rn.add_argument("--profile", default="cpu", help="a profile name (smoke, cpu, paper) or a YAML path")
     rn.add_argument("--fresh", action="store_true", help="retrain, ignoring cached runs")
     rn.set_defaults(func=_runs)

@@ -545,8 +545,9 @@ class Experiment:
     ``missing``: what a run that is not made yet (no ``metrics.json``, a stale one, or a teacher not made)
     does: ``train`` (the default) trains it; ``skip`` leaves it out of what :meth:`run_all` and
     :meth:`run_shared` return and names it in :attr:`skipped`, so a notebook executed before a long profile
-    is finished tabulates the runs made so far, each row with its seeds (README, Running a profile in
-    pieces)."""
+    is finished tabulates the runs made so far, each row with its seeds (``./run_all.sh --made-only``;
+    README, What lands in ``results/<profile>/``). It reads a run back from its ``metrics.json`` alone: a
+    checkpoint is needed only where one is loaded (the shared protocol's encoder, the case study)."""
 
     data: Mapping[str, Dataset]
     encoder: Encoder
@@ -581,7 +582,7 @@ class Experiment:
             self.skipped.append(entry)
 
     def skipped_summary(self) -> str:
-        """One line: every run made, or how many were skipped (``missing='skip'``) and which."""
+        """For a notebook to print: every run made, or how many were skipped (``missing='skip'``) and which."""
         if not self.skipped:
             return "every run asked for is made"
         return f"{len(self.skipped)} runs not made yet, left out (missing_runs 'skip'):\n  " + "\n  ".join(self.skipped)
@@ -669,7 +670,7 @@ class Experiment:
         return source.out / "checkpoints" / f"{source.prefix}{sec.teacher}-seed{seed}", tmetrics
 
     def _labellers(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
-                   ) -> list[tuple[Path, dict[str, Any]]] | None:
+                   ) -> list[tuple[Path, dict[str, Any] | None]] | None:
         """The runs whose tags are ``cfg``'s pseudo-labels (:meth:`pseudo_labelled`): the self-training
         teacher's run of each of ``teacher_seeds``, or of ``cfg``'s own seed; None without self-training."""
         st = cfg.self_training_config
@@ -897,7 +898,7 @@ class Experiment:
             return None
         corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
         m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
-                        checkpoints_dir=self.out / "checkpoints" if keep else None, progress=self.progress,
+                        checkpoints_dir=self.out / "checkpoints" if keep and not skip else None, progress=self.progress,
                         fresh=self.fresh, encoder=self.encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
                         streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
@@ -936,13 +937,16 @@ class Experiment:
         """The ``shared`` protocol's experiment for ``seed`` (Table 5, issue 12): the fine-tuned encoder of
         this experiment's ``baseline`` run of that seed (run or read back first, its checkpoint kept),
         frozen, with its features cached; runs named ``shared-<variant>``; the teacher of its transfer
-        variants is this experiment's baseline of the same seed. None when that baseline is skipped
-        (``missing``)."""
+        variants is this experiment's baseline of the same seed. None when that baseline, or its checkpoint,
+        is not made and ``missing`` is ``skip``."""
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
         tagger_dir = self.out / "checkpoints" / f"{self.prefix}baseline-seed{seed}"
         if self.run("baseline", base, seed, variants, keep_checkpoint=True) is None:
+            return None
+        if self.missing == "skip" and not (tagger_dir / "encoder").is_dir():
+            self._skip("baseline", seed, f"its fine-tuned encoder is not kept ({tagger_dir})")
             return None
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
@@ -960,6 +964,8 @@ class Experiment:
             over = self.shared(seed, variants)
             if over is None:
                 print("shared protocol, seed", seed, "left out: its baseline is not made (missing_runs 'skip')")
+                for name in only if only is not None else list(shared):
+                    self._skip(f"shared-{name}", seed, "the seed's fine-tuned baseline is not made")
                 continue
             out += over.run_all(shared, [seed], only=only)
             self.skipped += [s for s in over.skipped if s not in self.skipped]
