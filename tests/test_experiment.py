@@ -343,3 +343,37 @@ def test_the_best_saved_run_on_conll_dev_becomes_the_model_predict_reads(tmp_pat
     metrics[0]["extra"]["best_dev_f1"] = 0.97
     assert link_best_model(metrics, "adv_att_pos", tmp_path).readlink() == Path("checkpoints/adv_att_pos-seed1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model"]  # replaced, no temporary left
+
+
+def test_encoder_names_in_run_keys_do_not_depend_on_the_checkout(tmp_path: Path) -> None:
+    """A shared-protocol run is keyed by the fine-tuned baseline encoder it reads: two checkouts of the same
+    results (a clone, a worktree) give the same key; the migration script rewrites an old key to that."""
+    import subprocess
+    import sys
+
+    from xner_lib.config import REPO_ROOT
+    from xner_lib.experiment import portable_name, run_key
+
+    for checkout in ("/a/x", "/b/y/z"):
+        assert (portable_name(f"{checkout}/results/cpu/checkpoints/baseline-seed2/encoder")
+                == "cpu/checkpoints/baseline-seed2/encoder")
+    assert portable_name("e5-small-offline") == "e5-small-offline"
+    assert portable_name("/models/checkpoints/e5") == "/models/checkpoints/e5"  # not a tagger under a profile
+    old = {"config": {"encoder": "/a/results/cpu/checkpoints/baseline-seed1/encoder", "seed": 1},
+           "encoder": {"name": "/a/results/cpu/checkpoints/baseline-seed1/encoder", "identity": "abc"}}
+    run = tmp_path / "cpu" / "runs" / "shared-x-seed1"
+    run.mkdir(parents=True)
+    record = {"scores": {"f1": 0.5}, "extra": {"run_key_parts": old, "run_key": run_key(old)}}
+    (run / "metrics.json").write_text(json.dumps(record))
+    script = REPO_ROOT / "scripts" / "portable_run_keys.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "cpu")], capture_output=True, text=True)
+    assert done.returncode == 0 and "1 run keys made portable: shared-x-seed1" in done.stdout, done.stderr
+    new = json.loads((run / "metrics.json").read_text())
+    assert new["extra"]["run_key_parts"]["encoder"] == {"name": "cpu/checkpoints/baseline-seed1/encoder",
+                                                         "identity": "abc"}
+    assert new["extra"]["run_key"] == run_key(new["extra"]["run_key_parts"]) != record["extra"]["run_key"]
+    assert new["scores"] == record["scores"]
+    record["extra"]["run_key"] = "0" * 16  # a key that is not its parts' hash is refused, the file untouched
+    (run / "metrics.json").write_text(json.dumps(record))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "cpu")], capture_output=True, text=True)
+    assert done.returncode != 0 and "not the hash of its run_key_parts" in done.stderr

@@ -264,7 +264,11 @@ def test_the_shared_protocol_trains_heads_over_the_seeds_fine_tuned_baseline_enc
     full = metrics[0]
     ckpt = experiment.out / "checkpoints" / "baseline-seed1"
     # frozen over the baseline's fine-tuned encoder, its teacher the joint baseline of the same seed
-    assert full["extra"]["run_key_parts"]["encoder"]["name"] == str(ckpt / "encoder")
+    # named from the profile's directory on, so a clone or worktree reads the run back (its weights' sha256 beside)
+    assert full["config"]["encoder"] == str(ckpt / "encoder")  # what was read, as it was
+    portable = f"{experiment.out.name}/checkpoints/baseline-seed1/encoder"
+    assert full["extra"]["run_key_parts"]["encoder"]["name"] == portable
+    assert full["extra"]["run_key_parts"]["config"]["encoder"] == portable
     assert full["config"]["finetune"] is False
     baseline = json.loads((experiment.out / "runs" / "baseline-seed1" / "metrics.json").read_text())
     assert full["extra"]["run_key_parts"]["inputs"]["teacher"] == baseline["extra"]["run_key"]

@@ -117,6 +117,19 @@ def checkpoint_weights(directory: Path) -> list[str | None]:
             for w in (directory / "head.safetensors", directory / "encoder" / "model.safetensors")]
 
 
+def portable_name(name: str) -> str:
+    """An encoder name as it enters a run key. A saved tagger's encoder, ``.../<profile>/checkpoints/<run>/
+    encoder`` (the shared protocol's fine-tuned baseline), is named from ``<profile>/`` on
+    (``cpu/checkpoints/baseline-seed1/encoder``), so a run's key does not depend on where the repository is
+    checked out (a clone, a worktree, CI); the encoder's weights are keyed by their sha256 (:func:`encoder_key`)
+    all the same. Any other name is kept as it is."""
+    parts = Path(name).parts
+    tagger_encoder = len(parts) >= 5 and parts[-3] == "checkpoints" and parts[-1] == "encoder"
+    if Path(name).is_absolute() and tagger_encoder:
+        return Path(*parts[-4:]).as_posix()
+    return name
+
+
 def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora,
                   evaluation: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
@@ -127,7 +140,7 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
     teacher's run key, the lexicon's and the initial map's checksums, the unlabelled Chinese sets; absent
     when empty, so the baseline's key is what it was before those existed). Package versions are not part of it
     (:func:`run_or_load` warns about them instead). A code default that changes (e.g. a head size not set in
-    the config) is covered by bumping :data:`METHOD_VERSION`."""
+    the config) is covered by bumping :data:`METHOD_VERSION`. Encoder names are :func:`portable_name`'s."""
     parts = {
         "method_version": METHOD_VERSION,
         "variant": variant,
@@ -138,6 +151,8 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
     }
     if inputs:
         parts["inputs"] = dict(inputs)
+    parts["config"]["encoder"] = portable_name(str(parts["config"]["encoder"]))
+    parts["encoder"]["name"] = portable_name(str(parts["encoder"]["name"]))
     return json.loads(json.dumps(parts, sort_keys=True, default=str))  # the form metrics.json reads back
 
 
