@@ -30,8 +30,9 @@ def migrate(path: Path) -> bool:
     if run_key(parts) != extra["run_key"]:
         raise SystemExit(f"{path}: its run_key is not the hash of its run_key_parts; not migrating")
     new = json.loads(json.dumps(parts))
-    new["config"]["encoder"] = portable_name(str(new["config"]["encoder"]))
-    new["encoder"]["name"] = portable_name(str(new["encoder"]["name"]))
+    for section, field in (("config", "encoder"), ("encoder", "name")):  # a run without one (Table 3's CRF)
+        if field in new.get(section, {}):
+            new[section][field] = portable_name(str(new[section][field]))
     if new == parts:
         return False
     extra["run_key_parts"], extra["run_key"] = new, run_key(new)
