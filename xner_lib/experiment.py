@@ -919,7 +919,7 @@ class Experiment:
                         streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
                         complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers), read_only=skip)
         if m is None:
-            self._skip(name, seed, "its metrics.json is stale or its checkpoint is missing (the log says which)")
+            self._skip(name, seed, "its metrics.json is stale (the log line says what differs)")
             return None
         self._done[(name, seed)] = m
         return m
