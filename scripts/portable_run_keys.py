@@ -7,7 +7,7 @@ The key also holds that encoder's sha256 (``encoder.identity``), which is what i
 
 For each ``runs/*/metrics.json`` under the results directory given, this script checks that the stored
 ``run_key`` is the hash of the stored ``run_key_parts`` (else it stops), rewrites the two encoder names
-with ``portable_name`` and stores the recomputed key. Scores, curves and timings are not touched.
+with ``portable_encoder_names`` and stores the recomputed key. Scores, curves and timings are not touched.
 
     python scripts/portable_run_keys.py results/cpu
 """
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from xner_lib.experiment import portable_name, run_key
+from xner_lib.experiment import portable_encoder_names, run_key
 from xner_lib.files import atomic_file
 
 
@@ -29,10 +29,7 @@ def migrate(path: Path) -> bool:
     parts = extra["run_key_parts"]
     if run_key(parts) != extra["run_key"]:
         raise SystemExit(f"{path}: its run_key is not the hash of its run_key_parts; not migrating")
-    new = json.loads(json.dumps(parts))
-    for section, field in (("config", "encoder"), ("encoder", "name")):  # a run without one (Table 3's CRF)
-        if field in new.get(section, {}):
-            new[section][field] = portable_name(str(new[section][field]))
+    new = portable_encoder_names(json.loads(json.dumps(parts)))
     if new == parts:
         return False
     extra["run_key_parts"], extra["run_key"] = new, run_key(new)

@@ -130,6 +130,16 @@ def portable_name(name: str) -> str:
     return name
 
 
+def portable_encoder_names(parts: dict[str, Any]) -> dict[str, Any]:
+    """``parts`` (a run key's parts, changed in place and returned) with the encoder names it holds
+    (``config.encoder``, ``encoder.name``; a run keyed without an encoder, Table 3's CRF, has neither) made
+    :func:`portable_name`'s."""
+    for section, name in (("config", "encoder"), ("encoder", "name")):
+        if name in parts.get(section, {}):
+            parts[section][name] = portable_name(str(parts[section][name]))
+    return parts
+
+
 def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Corpora,
                   evaluation: Mapping[str, Any] | None = None, inputs: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
@@ -151,8 +161,7 @@ def run_key_parts(variant: str, cfg: TrainConfig, encoder: Encoder, corpora: Cor
     }
     if inputs:
         parts["inputs"] = dict(inputs)
-    parts["config"]["encoder"] = portable_name(str(parts["config"]["encoder"]))
-    parts["encoder"]["name"] = portable_name(str(parts["encoder"]["name"]))
+    portable_encoder_names(parts)
     return json.loads(json.dumps(parts, sort_keys=True, default=str))  # the form metrics.json reads back
 
 
