@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from xner_lib.evaluate import write_record
 from xner_lib.experiment import portable_encoder_names, run_key
-from xner_lib.files import atomic_file
 
 
 def migrate(path: Path) -> bool:
@@ -33,9 +33,7 @@ def migrate(path: Path) -> bool:
     if new == parts:
         return False
     extra["run_key_parts"], extra["run_key"] = new, run_key(new)
-    with atomic_file(path) as fh:  # as write_metrics writes it
-        json.dump(record, fh, indent=2, ensure_ascii=False, allow_nan=False)
-        fh.write("\n")
+    write_record(path, record)
     return True
 
 

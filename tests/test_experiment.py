@@ -377,3 +377,18 @@ def test_encoder_names_in_run_keys_do_not_depend_on_the_checkout(tmp_path: Path)
     (run / "metrics.json").write_text(json.dumps(record))
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "cpu")], capture_output=True, text=True)
     assert done.returncode != 0 and "not the hash of its run_key_parts" in done.stderr
+
+
+def test_profile_all_runs_puts_the_few_shot_runs_under_their_protocol() -> None:
+    import yaml
+
+    from xner_lib.config import REPO_ROOT
+    from xner_lib.experiment import profile_all_runs
+
+    params = yaml.safe_load((REPO_ROOT / "configs" / "cpu.yaml").read_text(encoding="utf-8"))
+    runs, shared = profile_all_runs(params)
+    assert {"baseline-fs10", "adv_att_pos-fs500"} <= set(shared) and not any("-fs" in k for k in runs)
+    assert "baseline" in shared and "adv_att_pos" in runs
+    runs, shared = profile_all_runs({**params, "few_shot_protocol": "joint"})
+    assert {"baseline-fs10", "adv_att_pos-fs500"} <= set(runs) and not any("-fs" in k for k in shared)
+    assert runs["baseline-fs10"].few_shot["size"] == 10  # type: ignore[union-attr]

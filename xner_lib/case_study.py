@@ -57,7 +57,7 @@ def load_models(params: Mapping[str, Any], names: Mapping[str, str], seed: int) 
     then loaded from ``results/<profile>/checkpoints/<variant>-seed<seed>`` on ``train_device``. The run keys
     are 03's when ``params`` holds 03's settings, so 03's runs (and checkpoints) are read back."""
     from .config import from_params
-    from .experiment import experiment_from_params, resolve_variants
+    from .experiment import experiment_from_params, resolve_variants, run_name
     from .train import TrainConfig
 
     exp = experiment_from_params(params)
@@ -76,7 +76,7 @@ def load_models(params: Mapping[str, Any], names: Mapping[str, str], seed: int) 
             raise FileNotFoundError(f"{label}: the run {source} seed {seed} is not made and missing_runs is 'skip': "
                                     "make it (python -m xner_lib runs) or set missing_runs to 'train'")
         metrics[label] = m
-        models[label] = Tagger.from_pretrained(exp.out / "checkpoints" / f"{source}-seed{seed}",
+        models[label] = Tagger.from_pretrained(exp.out / "checkpoints" / run_name(source, seed),
                                                device=str(params.get("train_device", "cpu")))
     return CaseModels(exp, models, metrics)
 

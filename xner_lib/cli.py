@@ -272,16 +272,11 @@ def _runs(args: argparse.Namespace) -> int:
     """Train or read back the (variant, seed) pairs ``args.runs`` of a profile, in the order given, each under
     the run key its notebooks give it (:func:`~xner_lib.experiment.profile_runs`), so 03 and 04 then read them
     back: a long profile can be run a piece at a time, or seeds spread over machines that share ``results/``."""
-    from .experiment import experiment_from_params, profile_few_shot_runs, profile_runs, profile_shared_runs
+    from .experiment import experiment_from_params, profile_all_runs
 
     try:
         params = _checked_profile(argparse.Namespace(profile=args.profile, notebooks=None, param=[]))
-        runs, shared = profile_runs(params), profile_shared_runs(params)
-        few_shot = profile_few_shot_runs(params)  # 04's few-shot curve, under its protocol's names
-        if params.get("few_shot_protocol", "shared") == "shared":
-            shared = {**shared, **few_shot}
-        else:
-            runs = {**few_shot, **runs}
+        runs, shared = profile_all_runs(params)  # 04's few-shot curve under its protocol's names
         known = [*runs, *(f"shared-{k}" for k in shared)]
         pairs = []
         for item in args.runs:

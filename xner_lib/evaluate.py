@@ -250,9 +250,16 @@ def write_metrics(path: str | os.PathLike[str], *, variant: str, encoder: str, s
         "versions": package_versions(),
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    write_record(target, record)
+    return record
+
+
+def write_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Write a ``metrics.json`` record to the file ``path`` atomically, as every run's is written: indented
+    JSON, UTF-8 text as is, NaN refused. :func:`write_metrics` builds the record; a script that rewrites one
+    field of a stored record (``scripts/portable_run_keys.py``) writes it back with this."""
     def dump(fh):
         json.dump(record, fh, indent=2, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
 
-    write_atomic(target, dump)
-    return record
+    write_atomic(Path(path), dump)

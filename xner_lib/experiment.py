@@ -91,6 +91,12 @@ class Streams:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def run_name(variant: str, seed: int) -> str:
+    """The directory of a (variant, seed) run under ``runs/`` and ``checkpoints/``: ``<variant>-seed<seed>``
+    (the variant with its protocol prefix, e.g. ``shared-adv_att_pos-seed2``). The one place it is spelt."""
+    return f"{variant}-seed{seed}"
+
+
 def data_identity(dataset: Dataset) -> dict[str, Any]:
     """What of a dataset changes a run: the sha256 of its file (cached per path, size and modification time)
     and the number of sentences it holds (the sentence limit, ``max_sentences``, applied). A dataset not read
@@ -333,7 +339,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     names each package and both versions (pass ``fresh=True`` to rerun it). ``read_only``: a run that would
     have to train returns None instead (the log line still says why a stale one is not read back).
     """
-    run_dir = runs_dir / f"{variant}-seed{cfg.seed}"
+    run_dir = runs_dir / run_name(variant, cfg.seed)
     path = run_dir / "metrics.json"
     checkpoint = checkpoints_dir / run_dir.name if checkpoints_dir is not None else None
     loaded = encoder_factory() if encoder is None else None
@@ -541,6 +547,18 @@ def profile_few_shot_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | 
     return few_shot_variants(base, models, params["few_shot_sizes"], params["few_shot"])
 
 
+def profile_all_runs(params: Mapping[str, Any]) -> tuple[dict[str, TrainConfig | str], dict[str, TrainConfig | str]]:
+    """Every run a profile's notebooks make, by protocol: the fine-tuned runs (:func:`profile_runs`) and the
+    shared protocol's (:func:`profile_shared_runs`), the few-shot curve's (:func:`profile_few_shot_runs`) joined
+    to the protocol it is trained under (``few_shot_protocol``), so that ``python -m xner_lib runs`` names each
+    run as 03 and 04 do."""
+    runs, shared = profile_runs(params), profile_shared_runs(params)
+    few_shot = profile_few_shot_runs(params)
+    if params.get("few_shot_protocol", "shared") == "shared":
+        return runs, {**shared, **few_shot}
+    return {**few_shot, **runs}, shared
+
+
 def text_only(datasets: Sequence[Dataset], name: str = "unlabelled") -> Dataset:
     """The sentences of ``datasets`` with every tag replaced by ``O``: unlabelled Chinese text, so that no
     label of it can reach training."""
@@ -691,7 +709,7 @@ class Experiment:
                              "with its own block")
         seed = cfg.seed if seed is None else seed
         tmetrics = source.run(sec.teacher, tcfg, seed, tvariants, keep_checkpoint=True)
-        return source.out / "checkpoints" / f"{source.prefix}{sec.teacher}-seed{seed}", tmetrics
+        return source.out / "checkpoints" / run_name(source.prefix + sec.teacher, seed), tmetrics
 
     def _labellers(self, name: str, cfg: TrainConfig, variants: Mapping[str, TrainConfig | str]
                    ) -> list[tuple[Path, dict[str, Any] | None]] | None:
@@ -900,11 +918,11 @@ class Experiment:
                     for c in (v.transfer_config, v.self_training_config) if c is not None} if self.teachers is None \
             else set()
         keep = self.save_checkpoints or keep_checkpoint or name in teachers
-        checkpoint = self.out / "checkpoints" / f"{self.prefix}{name}-seed{seed}" / "config.json"
+        checkpoint = self.out / "checkpoints" / run_name(self.prefix + name, seed) / "config.json"
         if (name, seed) in self._done and (not keep or checkpoint.is_file()):
             return self._done[(name, seed)]
         skip = self.missing == "skip"
-        if skip and not (self.out / "runs" / f"{self.prefix}{name}-seed{seed}" / "metrics.json").is_file():
+        if skip and not (self.out / "runs" / run_name(self.prefix + name, seed) / "metrics.json").is_file():
             self._skip(name, seed, "no metrics.json")
             return None
         cfg = replace(vcfg, encoder=self.encoder_name, seed=seed)
@@ -966,7 +984,7 @@ class Experiment:
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
-        tagger_dir = self.out / "checkpoints" / f"{self.prefix}baseline-seed{seed}"
+        tagger_dir = self.out / "checkpoints" / run_name(self.prefix + "baseline", seed)
         if self.run("baseline", base, seed, variants, keep_checkpoint=True) is None:
             return None
         if self.missing == "skip" and not (tagger_dir / "encoder").is_dir():
@@ -1009,11 +1027,11 @@ def link_best_model(metrics: Iterable[Mapping[str, Any]], variant: str, out: Pat
     from .files import symlink_atomic
 
     runs = [m for m in metrics if m["variant"] == variant
-            and (out / "checkpoints" / f"{variant}-seed{m['seed']}" / "config.json").is_file()]
+            and (out / "checkpoints" / run_name(variant, m["seed"]) / "config.json").is_file()]
     if not runs:
         return None
     best = max(runs, key=lambda m: (m["extra"]["best_dev_f1"], -int(m["seed"])))
-    return symlink_atomic(Path("checkpoints") / f"{variant}-seed{best['seed']}", out / "model")
+    return symlink_atomic(Path("checkpoints") / run_name(variant, best["seed"]), out / "model")
 
 
 #: what an :class:`Experiment` does with a run not made yet (``missing_runs``): train it, or leave it out

@@ -21,7 +21,7 @@ from typing import Any
 
 from .data import Dataset
 from .evaluate import score_dataset, write_metrics
-from .experiment import EVAL_SETS, KEY_SETS, METHOD_VERSION, Experiment, data_identity, read_cached, run_key
+from .experiment import EVAL_SETS, KEY_SETS, METHOD_VERSION, Experiment, data_identity, read_cached, run_key, run_name
 from .feature_crf import FeatureCrfConfig, train_feature_crf
 from .feature_crf import predict as crf_predict
 from .static_space import AlignedSpace, StaticVectorConfig, build_aligned_space
@@ -54,7 +54,7 @@ def _row_cache(exp: Experiment, name: str, config: Mapping[str, Any], seed: int,
              "evaluation": {"decode": asdict(exp.decode)}}
     parts = json.loads(json.dumps(parts, sort_keys=True, default=str))
     key = run_key(parts)
-    path = exp.out / "runs" / f"{name}-seed{seed}" / "metrics.json"
+    path = exp.out / "runs" / run_name(name, seed) / "metrics.json"
     return parts, key, path, read_cached(path, key, parts, fresh=exp.fresh)
 
 
