@@ -192,3 +192,29 @@ def test_paired_interval_and_change_table_against_a_hand_computation():
     assert t.loc["run other", "Weibo (NAM) diff"] == pytest.approx(0.04)  # (0.02 + 0.06) / 2; seed 3 unpaired
     assert t.loc["decode v", "People's Daily diff"] == pytest.approx(-0.03)  # (0.0 - 0.06) / 2
     assert np.isnan(t.loc["decode v", "Weibo (NAM) F1"])  # the variant does not score Weibo
+
+
+def test_selection_table_picks_a_candidate_only_beyond_the_baselines_seed_noise():
+    from xner_lib.report import selection_table
+
+    def run(variant, seed, dev, lr, weibo=0.9, stopped=False):
+        return {"variant": variant, "seed": seed, "config": {"lr": lr, "head_lr": 1e-3, "seed": seed},
+                "scores": {"weibo_test": {"weibo_nam": {"strict": {"f1": weibo}}}},
+                "extra": {"best_dev_f1": dev, "best_step": 100 * seed, "steps": 300, "stopped_early": stopped,
+                          "seconds": {"train": 600.0}}}
+
+    base = [run("baseline", 1, 0.930, 5e-5), run("baseline", 2, 0.934, 5e-5), run("baseline", 3, 0.932, 5e-5)]
+    # seed std of the baseline 0.002: +0.001 stays within it, however well the candidate does on Chinese
+    small = selection_table([*base, run("lr_hi", 1, 0.931, 1e-4, weibo=0.99)], "baseline", ["lr_hi"])
+    assert small.loc[small.selected, "variant"].tolist() == ["baseline"]
+    assert small.attrs["noise"] == pytest.approx(0.002)
+    assert small.set_index("variant").loc["lr_hi", "settings"] == "lr 5e-05 -> 0.0001"
+    assert "weibo" not in " ".join(small.columns).lower()
+    # +0.006 and +0.003 on paired seeds: the larger wins; an unpaired seed does not count in the difference
+    big = selection_table([*base, run("lr_hi", 1, 0.936, 1e-4, stopped=True), run("lr_lo", 2, 0.937, 3e-5),
+                           run("lr_lo", 4, 0.99, 3e-5)], "baseline", ["lr_lo", "lr_hi", "lr_none"]).set_index("variant")
+    assert big.loc["lr_hi", "diff"] == pytest.approx(0.006) and big.loc["lr_lo", "diff"] == pytest.approx(0.003)
+    assert big.selected.tolist() == [False, False, True] and list(big.index) == ["baseline", "lr_lo", "lr_hi"]
+    assert big.loc["lr_hi", "stopped early"] == 1 and big.loc["lr_lo", "seeds"] == "2 4"
+    with pytest.raises(ValueError, match="no run of the reference"):
+        selection_table(base[1:], "base", ["lr_hi"])

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,19 @@ def test_profile_all_runs_puts_the_few_shot_runs_under_their_protocol() -> None:
     runs, shared = profile_all_runs({**params, "few_shot_protocol": "joint"})
     assert {"baseline-fs10", "adv_att_pos-fs500"} <= set(runs) and not any("-fs" in k for k in shared)
     assert runs["baseline-fs10"].few_shot["size"] == 10  # type: ignore[union-attr]
+
+
+def test_profile_runs_hold_the_selection_candidates_over_the_train_settings() -> None:
+    import yaml
+
+    from xner_lib.config import REPO_ROOT, ConfigError
+    from xner_lib.experiment import profile_runs
+
+    params = yaml.safe_load((REPO_ROOT / "configs" / "cpu.yaml").read_text(encoding="utf-8"))
+    runs = profile_runs(params)
+    base, high = runs["baseline"], runs["lr_1e-4"]
+    assert high.lr == 1e-4 and base.lr == params["train_lr"]  # type: ignore[union-attr]
+    assert replace(high, lr=base.lr) == base  # type: ignore[type-var]
+    for bad in ({"baseline": {"lr": 1e-4}}, {"frozen": {}}, {"alias": "baseline"}):
+        with pytest.raises(ConfigError, match="selection_candidates"):
+            profile_runs({**params, "selection_candidates": bad})

@@ -57,8 +57,11 @@ def test_readings_come_from_the_paired_table_as_written() -> None:
 def test_compute_is_charged_to_each_tables_runs() -> None:
     runs = [_run("baseline", 1, 0.5, 0.4, 600), _run("adv_att_pos", 1, 0.5, 0.4, 1200),
             _run("shared-without_attention", 1, 0.5, 0.4, 120), _run("feature_crf", 1, 0.1, 0.1, 240),
-            _run("shared-adv_att_pos-fs10", 1, 0.6, 0.4, 300)]
+            _run("shared-adv_att_pos-fs10", 1, 0.6, 0.4, 300), _run("lr_1e-4", 1, 0.5, 0.4, 900),
+            _run("something_new", 1, 0.5, 0.4, 60)]
     t = compute_table(runs).set_index("table")
+    assert t.loc["Learning rates chosen on CoNLL dev (03)", "runs"] == 1
+    assert t.index[-1] == "Other runs (no table above)" and t.loc["Other runs (no table above)", "runs"] == 1
     assert t.loc["Table 4 and the baseline's changes (03)", "runs"] == 2
     assert t.loc["Table 4 and the baseline's changes (03)", "minutes"] == pytest.approx((660 + 1260) / 60, abs=0.05)
     assert t.loc["Table 5, shared protocol (04)", "minutes"] == 3.0

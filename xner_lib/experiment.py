@@ -504,13 +504,21 @@ def config_on_features(params: Mapping[str, Any], prefix: str, exclude: Sequence
 def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     """Every fine-tuned or frozen run a profile names, as notebook 03 trains them: the ``variants`` over the
     ``train_*`` settings (:func:`resolve_variants`), with ``no_misc_class`` (the baseline without a MISC class)
-    when ``nomisc_row`` and ``frozen`` (the ``frozen_*`` settings, :func:`config_on_features`) when
-    ``frozen_row``. Notebooks 03 and 04 and ``python -m xner_lib runs`` build their runs here (and the shared
-    protocol's in :func:`profile_shared_runs`), so a run made by one is read back by the others."""
-    from .config import from_params
+    when ``nomisc_row``, ``frozen`` (the ``frozen_*`` settings, :func:`config_on_features`) when
+    ``frozen_row``, and the ``selection_candidates`` (blocks over the ``train_*`` settings like the variants':
+    the learning rates and schedules the baseline's are chosen against on CoNLL dev, issue 10). Notebooks 03
+    and 04 and ``python -m xner_lib runs`` build their runs here (and the shared protocol's in
+    :func:`profile_shared_runs`), so a run made by one is read back by the others."""
+    from .config import ConfigError, from_params
 
     base = from_params(TrainConfig, params, "train_")
     runs = resolve_variants(base, params.get("variants") or {"baseline": {}})
+    candidates = params.get("selection_candidates") or {}
+    clash = sorted(set(candidates) & {*runs, "no_misc_class", "frozen"})
+    if clash or any(isinstance(b, str) for b in candidates.values()):
+        raise ConfigError([f"selection_candidates: {', '.join(clash) or 'a candidate'} must be a new name with "
+                           "its own block"])
+    runs.update(resolve_variants(base, candidates))
     if params.get("nomisc_row"):
         runs["no_misc_class"] = replace(base, misc_class=False)
     if params.get("frozen_row"):

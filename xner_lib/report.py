@@ -280,6 +280,58 @@ def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, 
     return pd.DataFrame(rows).round(4)
 
 
+def selection_table(metrics: Iterable[dict], reference: str, candidates: Sequence[str]) -> pd.DataFrame:
+    """The learning rates and schedule, chosen on CoNLL dev only (issue 10; docs/method.md, Baseline).
+
+    One row for the ``reference`` variant (the profile's ``train_*`` settings) and one per variant of
+    ``candidates``: the settings in which it differs from the reference, its seeds, the best CoNLL-dev F1
+    (the selection score) mean and std over seeds, the mean paired difference to the reference on the same
+    seeds, the step of the best evaluation, the steps trained, how many runs stopped early and the training
+    minutes. No Chinese score is read. ``selected`` marks the one row the rule picks: the candidate with the
+    largest difference when it is larger than the reference's seed std of the same score (over all the
+    reference's seeds), else the reference: a candidate must beat the default by more than seed noise.
+    """
+    metrics = list(metrics)
+    by: dict[str, dict[int, dict]] = {}
+    for m in metrics:
+        by.setdefault(m["variant"], {})[int(m["seed"])] = m
+    ref = by.get(reference)
+    if not ref:
+        raise ValueError(f"no run of the reference variant {reference!r}")
+    ref_config = next(iter(ref.values()))["config"]
+    ref_scores = [m["extra"]["best_dev_f1"] for m in ref.values()]
+    noise = float(np.std(ref_scores, ddof=1)) if len(ref_scores) > 1 else 0.0
+    rows = []
+    for name in [reference, *candidates]:
+        runs = by.get(name, {})
+        if not runs:
+            continue
+        config = next(iter(runs.values()))["config"]
+        changed = {k: v for k, v in config.items() if k not in ("seed", "encoder") and ref_config.get(k) != v}
+        dev = [m["extra"]["best_dev_f1"] for m in runs.values()]
+        paired = [runs[s]["extra"]["best_dev_f1"] - ref[s]["extra"]["best_dev_f1"] for s in runs if s in ref]
+        rows.append({
+            "variant": name,
+            "settings": ", ".join(f"{k} {ref_config.get(k)} -> {v}" for k, v in sorted(changed.items()))
+                        or ", ".join(f"{k} {ref_config.get(k)}" for k in ("lr", "head_lr", "epochs")),
+            "seeds": " ".join(str(x) for x in sorted(runs)),
+            "CoNLL dev F1": float(np.mean(dev)),
+            "CoNLL dev std": float(np.std(dev, ddof=1)) if len(dev) > 1 else float("nan"),
+            "diff": float(np.mean(paired)) if paired and name != reference else float("nan"),
+            "best step": float(np.mean([m["extra"]["best_step"] for m in runs.values()])),
+            "steps": float(np.mean([m["extra"]["steps"] for m in runs.values()])),
+            "stopped early": sum(bool(m["extra"].get("stopped_early")) for m in runs.values()),
+            "train min": float(np.mean([m["extra"]["seconds"]["train"] / 60 for m in runs.values()])),
+        })
+    table = pd.DataFrame(rows)
+    diffs = table["diff"].where(table["variant"] != reference)
+    best = diffs.idxmax() if diffs.notna().any() else None
+    pick = best if best is not None and diffs[best] > noise else table.index[table["variant"] == reference][0]
+    table["selected"] = table.index == pick
+    table.attrs["noise"] = noise
+    return table.round(4)
+
+
 #: Table 5's sets: scores key, view, column label, the paper's key
 TABLE5_SETS: tuple[tuple[str, str, str, str], ...] = (
     ("weibo_test", "weibo_nam", "Weibo (NAM)", "weibo"),

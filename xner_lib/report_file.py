@@ -31,6 +31,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "table4": ("Table 4: the baseline and the paper's model, zero-shot", "03_training"),
     "table4_paired": ("Table 4, paired per seed against the baseline", "03_training"),
     "baseline_changes": ("The baseline's changes, each paired against it", "03_training"),
+    "selection": ("The baseline's learning rates against candidates, chosen on CoNLL dev only", "03_training"),
     "table5": ("Table 5: ablations of the full model, two protocols", "04_ablation"),
     "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
     "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
@@ -46,8 +47,11 @@ COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 5, shared protocol (04)": (r"shared-(?!.*-fs[0-9]+$).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
     "Few-shot curve (04)": (r"(shared-)?[a-z_]+-fs[0-9]+",),
-    "Beyond the paper (04)": (r"self_training", r"freeze_lower", r"translate_train"),
+    "Beyond the paper (04)": (r"self_training", r"self_training_vote", r"freeze_lower", r"translate_train"),
+    "Learning rates chosen on CoNLL dev (03)": (r"lr_.+",),
 }
+#: the row of :func:`compute_table` for runs no group of :data:`COMPUTE` claims (so no run's minutes go unshown)
+OTHER_RUNS = "Other runs (no table above)"
 
 _CI = re.compile(r"\[\s*([+-]?(?:nan|[0-9.]+))\s*,\s*([+-]?(?:nan|[0-9.]+))\s*\]")
 
@@ -143,12 +147,14 @@ def paper_readings(table4: pd.DataFrame) -> list[str]:
 def compute_table(runs: Iterable[Mapping[str, Any]], groups: Mapping[str, Sequence[str]] = COMPUTE) -> pd.DataFrame:
     """Minutes each table's runs cost (training plus scoring, summed over runs, as each run recorded them):
     one row per group of :data:`COMPUTE` that has runs, with the number of runs and the minutes of the
-    median run."""
+    median run, and a last row (:data:`OTHER_RUNS`) for the runs no group claims."""
+    runs = list(runs)
+    rxs = {label: re.compile("|".join(f"(?:{p})" for p in patterns)) for label, patterns in groups.items()}
+    claimed = {label: [r for r in runs if rx.fullmatch(str(r["variant"]))] for label, rx in rxs.items()}
+    claimed[OTHER_RUNS] = [r for r in runs if not any(rx.fullmatch(str(r["variant"])) for rx in rxs.values())]
     rows = []
-    for label, patterns in groups.items():
-        rx = re.compile("|".join(f"(?:{p})" for p in patterns))
-        minutes = [sum(float(v) for v in r.get("extra", {}).get("seconds", {}).values()) / 60 for r in runs
-                   if rx.fullmatch(str(r["variant"]))]
+    for label, group in claimed.items():
+        minutes = [sum(float(v) for v in r.get("extra", {}).get("seconds", {}).values()) / 60 for r in group]
         if minutes:
             rows.append({"table": label, "runs": len(minutes), "minutes": round(sum(minutes), 1),
                          "median minutes a run": round(float(pd.Series(minutes).median()), 1)})
