@@ -197,24 +197,37 @@ def test_paired_interval_and_change_table_against_a_hand_computation():
 def test_selection_table_picks_a_candidate_only_beyond_the_baselines_seed_noise():
     from xner_lib.report import selection_table
 
-    def run(variant, seed, dev, lr, weibo=0.9, stopped=False):
-        return {"variant": variant, "seed": seed, "config": {"lr": lr, "head_lr": 1e-3, "seed": seed},
+    def run(variant, seed, dev, lr, weibo=0.9, stopped=False, config=None):
+        return {"variant": variant, "seed": seed, "config": {"lr": lr, "head_lr": 1e-3, "seed": seed, **(config or {})},
                 "scores": {"weibo_test": {"weibo_nam": {"strict": {"f1": weibo}}}},
                 "extra": {"best_dev_f1": dev, "best_step": 100 * seed, "steps": 300, "stopped_early": stopped,
                           "seconds": {"train": 600.0}}}
 
+    # sigma 0.002; one paired seed: threshold 2 * 0.002 * sqrt(2) = 0.00566
     base = [run("baseline", 1, 0.930, 5e-5), run("baseline", 2, 0.934, 5e-5), run("baseline", 3, 0.932, 5e-5)]
-    # seed std of the baseline 0.002: +0.001 stays within it, however well the candidate does on Chinese
-    small = selection_table([*base, run("lr_hi", 1, 0.931, 1e-4, weibo=0.99)], "baseline", ["lr_hi"])
+    # +0.005 on one seed is within the threshold, however well the candidate does on Chinese; a field the
+    # reference record lacks (an older record) is not a change
+    small = selection_table([*base, run("lr_hi", 1, 0.935, 1e-4, weibo=0.99, config={"device": "cpu"})],
+                            "baseline", ["lr_hi"])
     assert small.loc[small.selected, "variant"].tolist() == ["baseline"]
-    assert small.attrs["noise"] == pytest.approx(0.002)
-    assert small.set_index("variant").loc["lr_hi", "settings"] == "lr 5e-05 -> 0.0001"
+    assert small.attrs["sigma"] == pytest.approx(0.002)
+    row = small.set_index("variant").loc["lr_hi"]
+    assert row["settings"] == "lr 5e-05 -> 0.0001" and row["threshold"] == pytest.approx(0.0057, abs=1e-4)
     assert "weibo" not in " ".join(small.columns).lower()
-    # +0.006 and +0.003 on paired seeds: the larger wins; an unpaired seed does not count in the difference
-    big = selection_table([*base, run("lr_hi", 1, 0.936, 1e-4, stopped=True), run("lr_lo", 2, 0.937, 3e-5),
-                           run("lr_lo", 4, 0.99, 3e-5)], "baseline", ["lr_lo", "lr_hi", "lr_none"]).set_index("variant")
-    assert big.loc["lr_hi", "diff"] == pytest.approx(0.006) and big.loc["lr_lo", "diff"] == pytest.approx(0.003)
+    # +0.006 (one seed: threshold 0.00566) and +0.004 over two seeds (threshold 0.004): the larger wins;
+    # an unpaired seed counts in neither the difference nor n
+    big = selection_table([*base, run("lr_hi", 1, 0.936, 1e-4, stopped=True), run("lr_lo", 2, 0.939, 3e-5),
+                           run("lr_lo", 3, 0.935, 3e-5), run("lr_lo", 4, 0.99, 3e-5)],
+                          "baseline", ["lr_lo", "lr_hi", "lr_none"]).set_index("variant")
+    assert big.loc["lr_hi", "diff"] == pytest.approx(0.006) and big.loc["lr_lo", "diff"] == pytest.approx(0.004)
+    assert big.loc["lr_lo", "paired seeds"] == 2 and big.loc["lr_lo", "threshold"] == pytest.approx(0.004)
     assert big.selected.tolist() == [False, False, True] and list(big.index) == ["baseline", "lr_lo", "lr_hi"]
-    assert big.loc["lr_hi", "stopped early"] == 1 and big.loc["lr_lo", "seeds"] == "2 4"
+    assert big.loc["lr_hi", "stopped early"] == 1 and big.loc["lr_lo", "seeds"] == "2 3 4"
+    # one baseline seed: no sigma, nothing beats it; a candidate on no baseline seed is not compared
+    lone = selection_table([base[0], run("lr_hi", 1, 0.99, 1e-4)], "baseline", ["lr_hi"]).set_index("variant")
+    assert lone.selected.tolist() == [True, False] and np.isnan(lone.loc["lr_hi", "threshold"])
+    apart = selection_table([*base, run("lr_hi", 7, 0.99, 1e-4)], "baseline", ["lr_hi"]).set_index("variant")
+    assert apart.selected.tolist() == [True, False] and apart.loc["lr_hi", "paired seeds"] == 0
+    assert np.isnan(apart.loc["lr_hi", "diff"])
     with pytest.raises(ValueError, match="no run of the reference"):
         selection_table(base[1:], "base", ["lr_hi"])

@@ -406,6 +406,8 @@ def test_profile_runs_hold_the_selection_candidates_over_the_train_settings() ->
     base, high = runs["baseline"], runs["lr_1e-4"]
     assert high.lr == 1e-4 and base.lr == params["train_lr"]  # type: ignore[union-attr]
     assert replace(high, lr=base.lr) == base  # type: ignore[type-var]
-    for bad in ({"baseline": {"lr": 1e-4}}, {"frozen": {}}, {"alias": "baseline"}):
+    for bad in ({"baseline": {"lr": 1e-4}}, {"frozen": {"lr": 1e-4}}, {"alias": "baseline"},
+                {"feature_crf": {"lr": 1e-4}}, {"shared-lr": {"lr": 1e-4}}, {"baseline-fs10": {"lr": 1e-4}},
+                {"lr_same": {"lr": params["train_lr"]}}):
         with pytest.raises(ConfigError, match="selection_candidates"):
             profile_runs({**params, "selection_candidates": bad})

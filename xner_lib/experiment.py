@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -514,11 +515,20 @@ def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     base = from_params(TrainConfig, params, "train_")
     runs = resolve_variants(base, params.get("variants") or {"baseline": {}})
     candidates = params.get("selection_candidates") or {}
-    clash = sorted(set(candidates) & {*runs, "no_misc_class", "frozen"})
-    if clash or any(isinstance(b, str) for b in candidates.values()):
-        raise ConfigError([f"selection_candidates: {', '.join(clash) or 'a candidate'} must be a new name with "
-                           "its own block"])
-    runs.update(resolve_variants(base, candidates))
+    from .static_rows import FEATURE_CRF, STATIC_TAGGER
+
+    taken = {*runs, "no_misc_class", "frozen", FEATURE_CRF, STATIC_TAGGER}
+    problems = [f"selection_candidates: '{k}' must be a new run name (not a variant, a Table 3 row, shared-* "
+                "or *-fs<n>) with its own block" for k, b in candidates.items()
+                if k in taken or isinstance(b, str) or k.startswith("shared-") or re.search(r"-fs[0-9]+$", k)]
+    if problems:
+        raise ConfigError(problems)
+    resolved = resolve_variants(base, candidates)
+    same = [k for k, cfg in resolved.items() if cfg == base]
+    if same:
+        raise ConfigError([f"selection_candidates: '{k}' changes nothing in the train_ settings (it would train "
+                           "the baseline again under another name)" for k in same])
+    runs.update(resolved)
     if params.get("nomisc_row"):
         runs["no_misc_class"] = replace(base, misc_class=False)
     if params.get("frozen_row"):

@@ -284,12 +284,17 @@ def selection_table(metrics: Iterable[dict], reference: str, candidates: Sequenc
     """The learning rates and schedule, chosen on CoNLL dev only (issue 10; docs/method.md, Baseline).
 
     One row for the ``reference`` variant (the profile's ``train_*`` settings) and one per variant of
-    ``candidates``: the settings in which it differs from the reference, its seeds, the best CoNLL-dev F1
-    (the selection score) mean and std over seeds, the mean paired difference to the reference on the same
-    seeds, the step of the best evaluation, the steps trained, how many runs stopped early and the training
-    minutes. No Chinese score is read. ``selected`` marks the one row the rule picks: the candidate with the
-    largest difference when it is larger than the reference's seed std of the same score (over all the
-    reference's seeds), else the reference: a candidate must beat the default by more than seed noise.
+    ``candidates`` with runs: the settings in which it differs from the reference (fields both records hold),
+    its seeds, the best CoNLL-dev F1 (the selection score) mean and std over seeds, the mean paired difference
+    to the reference over the seeds both have (``paired seeds``), the step of the best evaluation, the steps
+    trained, how many runs stopped early and the training minutes. No Chinese score is read.
+
+    The rule: with sigma the reference's seed std of the score (over all its seeds), a candidate's mean paired
+    difference over n seeds has a standard error of about sigma * sqrt(2 / n) when it changes nothing; the
+    candidate with the largest difference is ``selected`` only when that difference exceeds twice this
+    (``threshold``, the same in every row), else the reference is. With fewer than 2 reference seeds there
+    is no sigma: the threshold is nan and the reference stays. A candidate with no paired seed has no
+    difference and cannot be selected.
     """
     metrics = list(metrics)
     by: dict[str, dict[int, dict]] = {}
@@ -300,35 +305,39 @@ def selection_table(metrics: Iterable[dict], reference: str, candidates: Sequenc
         raise ValueError(f"no run of the reference variant {reference!r}")
     ref_config = next(iter(ref.values()))["config"]
     ref_scores = [m["extra"]["best_dev_f1"] for m in ref.values()]
-    noise = float(np.std(ref_scores, ddof=1)) if len(ref_scores) > 1 else 0.0
+    sigma = float(np.std(ref_scores, ddof=1)) if len(ref_scores) > 1 else float("nan")
     rows = []
     for name in [reference, *candidates]:
         runs = by.get(name, {})
         if not runs:
             continue
         config = next(iter(runs.values()))["config"]
-        changed = {k: v for k, v in config.items() if k not in ("seed", "encoder") and ref_config.get(k) != v}
+        changed = {k: v for k, v in config.items()
+                   if k not in ("seed", "encoder") and k in ref_config and ref_config[k] != v}
         dev = [m["extra"]["best_dev_f1"] for m in runs.values()]
         paired = [runs[s]["extra"]["best_dev_f1"] - ref[s]["extra"]["best_dev_f1"] for s in runs if s in ref]
+        n = len(paired) if name != reference else 0
         rows.append({
             "variant": name,
-            "settings": ", ".join(f"{k} {ref_config.get(k)} -> {v}" for k, v in sorted(changed.items()))
+            "settings": ", ".join(f"{k} {ref_config[k]} -> {v}" for k, v in sorted(changed.items()))
                         or ", ".join(f"{k} {ref_config.get(k)}" for k in ("lr", "head_lr", "epochs")),
             "seeds": " ".join(str(x) for x in sorted(runs)),
+            "paired seeds": n,
             "CoNLL dev F1": float(np.mean(dev)),
             "CoNLL dev std": float(np.std(dev, ddof=1)) if len(dev) > 1 else float("nan"),
-            "diff": float(np.mean(paired)) if paired and name != reference else float("nan"),
+            "diff": float(np.mean(paired)) if n else float("nan"),
+            "threshold": 2 * sigma * float(np.sqrt(2 / n)) if n else float("nan"),
             "best step": float(np.mean([m["extra"]["best_step"] for m in runs.values()])),
             "steps": float(np.mean([m["extra"]["steps"] for m in runs.values()])),
             "stopped early": sum(bool(m["extra"].get("stopped_early")) for m in runs.values()),
             "train min": float(np.mean([m["extra"]["seconds"]["train"] / 60 for m in runs.values()])),
         })
     table = pd.DataFrame(rows)
-    diffs = table["diff"].where(table["variant"] != reference)
-    best = diffs.idxmax() if diffs.notna().any() else None
-    pick = best if best is not None and diffs[best] > noise else table.index[table["variant"] == reference][0]
+    margin = table["diff"] - table["threshold"]  # nan for the reference, an unpaired candidate, or no sigma
+    best = table["diff"].where(margin.notna()).idxmax() if margin.notna().any() else None
+    pick = best if best is not None and margin[best] > 0 else table.index[table["variant"] == reference][0]
     table["selected"] = table.index == pick
-    table.attrs["noise"] = noise
+    table.attrs["sigma"] = sigma
     return table.round(4)
 
 
