@@ -511,12 +511,11 @@ def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     and 04 and ``python -m xner_lib runs`` build their runs here (and the shared protocol's in
     :func:`profile_shared_runs`), so a run made by one is read back by the others."""
     from .config import ConfigError, from_params
+    from .static_rows import FEATURE_CRF, STATIC_TAGGER
 
     base = from_params(TrainConfig, params, "train_")
     runs = resolve_variants(base, params.get("variants") or {"baseline": {}})
     candidates = params.get("selection_candidates") or {}
-    from .static_rows import FEATURE_CRF, STATIC_TAGGER
-
     taken = {*runs, "no_misc_class", "frozen", FEATURE_CRF, STATIC_TAGGER}
     problems = [f"selection_candidates: '{k}' must be a new run name (not a variant, a Table 3 row, shared-* "
                 "or *-fs<n>) with its own block" for k, b in candidates.items()

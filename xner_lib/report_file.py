@@ -149,9 +149,12 @@ def compute_table(runs: Iterable[Mapping[str, Any]], groups: Mapping[str, Sequen
     one row per group of :data:`COMPUTE` that has runs, with the number of runs and the minutes of the
     median run, and a last row (:data:`OTHER_RUNS`) for the runs no group claims."""
     runs = list(runs)
-    rxs = {label: re.compile("|".join(f"(?:{p})" for p in patterns)) for label, patterns in groups.items()}
-    claimed = {label: [r for r in runs if rx.fullmatch(str(r["variant"]))] for label, rx in rxs.items()}
-    claimed[OTHER_RUNS] = [r for r in runs if not any(rx.fullmatch(str(r["variant"])) for rx in rxs.values())]
+    claimed: dict[str, list[Mapping[str, Any]]] = {}
+    for label, patterns in groups.items():
+        rx = re.compile("|".join(f"(?:{p})" for p in patterns))
+        claimed[label] = [r for r in runs if rx.fullmatch(str(r["variant"]))]
+    ids = {id(r) for group in claimed.values() for r in group}
+    claimed[OTHER_RUNS] = [r for r in runs if id(r) not in ids]
     rows = []
     for label, group in claimed.items():
         minutes = [sum(float(v) for v in r.get("extra", {}).get("seconds", {}).values()) / 60 for r in group]
