@@ -57,7 +57,8 @@ def load_models(params: Mapping[str, Any], names: Mapping[str, str], seed: int) 
     then loaded from ``results/<profile>/checkpoints/<variant>-seed<seed>`` on ``train_device``. The run keys
     are 03's when ``params`` holds 03's settings, so 03's runs (and checkpoints) are read back."""
     from .config import from_params
-    from .experiment import experiment_from_params, resolve_variants, run_name
+    from .experiment import experiment_from_params, resolve_variants
+    from .run_names import run_name
     from .train import TrainConfig
 
     exp = experiment_from_params(params)

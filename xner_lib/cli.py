@@ -273,11 +273,12 @@ def _runs(args: argparse.Namespace) -> int:
     the run key its notebooks give it (:func:`~xner_lib.experiment.profile_runs`), so 03 and 04 then read them
     back: a long profile can be run a piece at a time, or seeds spread over machines that share ``results/``."""
     from .experiment import experiment_from_params, profile_all_runs
+    from .run_names import SHARED_PREFIX
 
     try:
         params = _checked_profile(argparse.Namespace(profile=args.profile, notebooks=None, param=[]))
         runs, shared = profile_all_runs(params)  # 04's few-shot curve under its protocol's names
-        known = [*runs, *(f"shared-{k}" for k in shared)]
+        known = [*runs, *(SHARED_PREFIX + k for k in shared)]
         pairs = []
         for item in args.runs:
             name, _, seed = item.rpartition(":")
@@ -294,10 +295,10 @@ def _runs(args: argparse.Namespace) -> int:
     exp = experiment_from_params(params)
     over: dict[int, Any] = {}  # per seed, the shared protocol's experiment (its encoder and features loaded once)
     for name, seed in pairs:
-        if name.startswith("shared-"):  # Table 5's shared protocol over this seed's fine-tuned baseline
+        if name.startswith(SHARED_PREFIX):  # Table 5's shared protocol over this seed's fine-tuned baseline
             if seed not in over:
                 over[seed] = exp.shared(seed, runs)
-            over[seed].run_all(shared, [seed], only=[name.removeprefix("shared-")])
+            over[seed].run_all(shared, [seed], only=[name.removeprefix(SHARED_PREFIX)])
         else:
             exp.run_all(runs, [seed], only=[name])
     return 0

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from .encoders import Encoder, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
 from .objectives import FewShotConfig, majority_tags
+from .run_names import SHARED_PREFIX, few_shot_name, is_few_shot, run_name
 from .tagger import (
     InferenceSettings,
     Tagger,
@@ -90,12 +90,6 @@ class Streams:
     translated: Prepared | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def run_name(variant: str, seed: int) -> str:
-    """The directory of a (variant, seed) run under ``runs/`` and ``checkpoints/``: ``<variant>-seed<seed>``
-    (the variant with its protocol prefix, e.g. ``shared-adv_att_pos-seed2``). The one place it is spelt."""
-    return f"{variant}-seed{seed}"
 
 
 def data_identity(dataset: Dataset) -> dict[str, Any]:
@@ -487,7 +481,7 @@ def few_shot_variants(variants: Mapping[str, TrainConfig | str], names: Sequence
             raise ValueError(f"few-shot variant {name!r} is not a variant with its own block")
         out[name] = cfg
         for n in sizes:
-            out[f"{name}-fs{n}"] = name if n == 0 else replace(cfg, few_shot={**section, "size": int(n)})
+            out[few_shot_name(name, n)] = name if n == 0 else replace(cfg, few_shot={**section, "size": int(n)})
     return out
 
 
@@ -519,7 +513,7 @@ def profile_runs(params: Mapping[str, Any]) -> dict[str, TrainConfig | str]:
     taken = {*runs, "no_misc_class", "frozen", FEATURE_CRF, STATIC_TAGGER}
     problems = [f"selection_candidates: '{k}' must be a new run name (not a variant, a Table 3 row, shared-* "
                 "or *-fs<n>) with its own block" for k, b in candidates.items()
-                if k in taken or isinstance(b, str) or k.startswith("shared-") or re.search(r"-fs[0-9]+$", k)]
+                if k in taken or isinstance(b, str) or k.startswith(SHARED_PREFIX) or is_few_shot(k)]
     if problems:
         raise ConfigError(problems)
     resolved = resolve_variants(base, candidates)
@@ -1010,7 +1004,7 @@ class Experiment:
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
-        return replace(self, encoder=encoder, encoder_name=str(tagger_dir / "encoder"), prefix="shared-",
+        return replace(self, encoder=encoder, encoder_name=str(tagger_dir / "encoder"), prefix=SHARED_PREFIX,
                        teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False)
 
     def run_shared(self, variants: Mapping[str, TrainConfig | str], shared: Mapping[str, TrainConfig | str],
@@ -1024,7 +1018,7 @@ class Experiment:
             if over is None:
                 print("shared protocol, seed", seed, "left out: its baseline is not made (missing_runs 'skip')")
                 for name in only if only is not None else list(shared):
-                    self._skip(f"shared-{name}", seed, "the seed's fine-tuned baseline is not made")
+                    self._skip(SHARED_PREFIX + name, seed, "the seed's fine-tuned baseline is not made")
                 continue
             out += over.run_all(shared, [seed], only=only)
             self.skipped += [s for s in over.skipped if s not in self.skipped]

@@ -23,6 +23,7 @@ from .data.links import count_links  # noqa: E402
 from .evaluate import primary_view, unit_ceiling  # noqa: E402
 from .files import atomic_file, write_atomic  # noqa: E402
 from .paper import TABLE1  # noqa: E402
+from .run_names import few_shot_name  # noqa: E402
 from .units import ZH_UNITS, UnitTagCounts, encode_sentences, unit_tags  # noqa: E402
 
 
@@ -458,7 +459,7 @@ def few_shot_frame(metrics: Iterable[dict], names: Mapping[str, str], sizes: Seq
     """The few-shot curve (issue 14) in long form: one row per (model, sentences added, seed, set) with strict
     P, R and F1 on the Chinese test sets (:data:`TABLE5_SETS`). ``names`` maps a variant to its label; runs
     are named ``<prefix><variant>-fs<size>`` (:func:`~xner_lib.experiment.few_shot_variants`)."""
-    runs = {f"{prefix}{variant}-fs{n}": (label, int(n)) for variant, label in names.items() for n in sizes}
+    runs = {prefix + few_shot_name(variant, n): (label, int(n)) for variant, label in names.items() for n in sizes}
     rows = []
     for m in metrics:
         if m["variant"] not in runs:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .evaluate import git_state
 from .files import write_atomic
+from .run_names import FEW_SHOT_NAME, SHARED_PREFIX
 
 #: the tables a report shows, in order: file stem -> (title, the notebook that writes it)
 TABLES: dict[str, tuple[str, str]] = {
@@ -40,13 +41,15 @@ TABLES: dict[str, tuple[str, str]] = {
     "errors_by_length": ("Recall and precision by entity length, Chinese test sets (one seed)", "05_case_study"),
 }
 
-#: which runs each table's compute is charged to: table -> run-name patterns (regular expressions)
+_SHARED, _FEW_SHOT = re.escape(SHARED_PREFIX), FEW_SHOT_NAME.pattern
+#: which runs each table's compute is charged to: table -> run-name patterns (regular expressions, each matched
+#: against a whole run name)
 COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 4 and the baseline's changes (03)": (r"baseline", r"no_misc_class", r"frozen", r"adv_att", r"adv_att_pos"),
     "Table 5, joint protocol (04)": (r"without_[a-z_]+", r"u_from_alignment"),
-    "Table 5, shared protocol (04)": (r"shared-(?!.*-fs[0-9]+$).+",),
+    "Table 5, shared protocol (04)": (rf"{_SHARED}(?!.*{_FEW_SHOT}).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
-    "Few-shot curve (04)": (r"(shared-)?[a-z_]+-fs[0-9]+",),
+    "Few-shot curve (04)": (rf"({_SHARED})?[a-z_]+{_FEW_SHOT}",),
     "Beyond the paper (04)": (r"self_training", r"self_training_vote", r"freeze_lower", r"translate_train"),
     "Learning rates chosen on CoNLL dev (03)": (r"lr_.+",),
 }

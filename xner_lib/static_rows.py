@@ -21,9 +21,10 @@ from typing import Any
 
 from .data import Dataset
 from .evaluate import score_dataset, write_metrics
-from .experiment import EVAL_SETS, KEY_SETS, METHOD_VERSION, Experiment, data_identity, read_cached, run_key, run_name
+from .experiment import EVAL_SETS, KEY_SETS, METHOD_VERSION, Experiment, data_identity, read_cached, run_key
 from .feature_crf import FeatureCrfConfig, train_feature_crf
 from .feature_crf import predict as crf_predict
+from .run_names import run_name
 from .static_space import AlignedSpace, StaticVectorConfig, build_aligned_space
 from .static_tagger import predict as static_predict
 from .static_tagger import train_static_tagger
