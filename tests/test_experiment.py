@@ -411,3 +411,26 @@ def test_profile_runs_hold_the_selection_candidates_over_the_train_settings() ->
                 {"lr_same": {"lr": params["train_lr"]}}):
         with pytest.raises(ConfigError, match="selection_candidates"):
             profile_runs({**params, "selection_candidates": bad})
+
+
+def test_a_rerun_under_the_same_key_records_whether_it_reproduced_the_scores(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    first = setup.run()
+    assert "rerun_of" not in first["extra"]
+    again = setup.run(fresh=True)
+    record = again["extra"]["rerun_of"]
+    assert record["same_scores"] and record["max_difference"] == 0.0 and record["numbers_only_in_one"] == 0
+    assert record["numbers_compared"] > 20 and record["timestamp_utc"] == first["timestamp_utc"]
+    path = setup.root / "runs" / "baseline-seed2" / "metrics.json"
+    tampered = json.loads(path.read_text())
+    view = next(iter(tampered["scores"]["weibo_test"]))
+    tampered["scores"]["weibo_test"][view]["strict"]["f1"] += 0.125
+    path.write_text(json.dumps(tampered))
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        third = setup.run(fresh=True)
+    record = third["extra"]["rerun_of"]
+    assert not record["same_scores"] and record["max_difference"] == pytest.approx(0.125)
+    assert record["where"] == f"/weibo_test/{view}/strict/f1" and "other scores" in caplog.text
+    tampered["extra"]["run_key"] = "0" * 16  # another run: nothing to compare with
+    path.write_text(json.dumps(tampered))
+    assert "rerun_of" not in setup.run(fresh=True)["extra"]

@@ -332,7 +332,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     ignores any cached run. A run read back that was made under other package versions
     (:data:`~xner_lib.evaluate.VERSIONED_PACKAGES`, Python) is *not* rerun for that alone: a ``warnings.warn``
     names each package and both versions (pass ``fresh=True`` to rerun it). ``read_only``: a run that would
-    have to train returns None instead (the log line still says why a stale one is not read back).
+    have to train returns None instead (the log line still says why a stale one is not read back). A run made
+    again under the run key of the record it replaces (its checkpoint was missing, or ``fresh``) records
+    under ``extra.rerun_of`` whether it reproduced that record's scores (:func:`rerun_record`).
     """
     run_dir = runs_dir / run_name(variant, cfg.seed)
     path = run_dir / "metrics.json"
@@ -350,6 +352,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     cached = read_cached(path, key, parts, fresh=fresh, checkpoint=checkpoint, read_only=read_only)
     if cached is not None or read_only:
         return cached
+    previous = _read_metrics(path) if path.is_file() else None  # the same run made before (checkpoint lost, fresh)
+    if previous is not None and previous.get("extra", {}).get("run_key") != key:
+        previous = None
     if complete is not None:
         corpora, built = complete()
         if built.inputs != streams.inputs:
@@ -388,9 +393,36 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
         "device": result.device,
         **({"streams": streams.summary} if streams.summary else {}),
+        **({"rerun_of": rerun_record(previous, scores, run_dir.name)} if previous is not None else {}),
     }
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)
+
+
+def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Every number of a nested scores dict, by its ``/``-joined path."""
+    if isinstance(tree, Mapping):
+        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}/{key}").items()}
+    return {prefix: float(tree)} if isinstance(tree, int | float) and not isinstance(tree, bool) else {}
+
+
+def rerun_record(previous: Mapping[str, Any], scores: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """What a rerun of a run already made under the same run key (its checkpoint was missing, or ``fresh``)
+    says about reproducibility: the earlier record's commit and time, whether every number of ``scores``
+    (P/R/F1 and counts of every set and view) is the same, and the largest difference and where. A difference
+    is logged at warning level: the same key, code and data gave other numbers."""
+    old, new = _numbers(previous.get("scores", {})), _numbers(scores)
+    diffs = {k: abs(new[k] - old[k]) for k in old.keys() & new.keys()}
+    worst = max(diffs, key=lambda k: diffs[k], default=None)
+    same = old.keys() == new.keys() and all(d == 0 for d in diffs.values())
+    record = {"timestamp_utc": previous.get("timestamp_utc"), "commit": previous.get("git", {}).get("commit"),
+              "same_scores": same, "max_difference": diffs[worst] if worst else 0.0, "where": worst,
+              "numbers_compared": len(diffs), "numbers_only_in_one": len(old.keys() ^ new.keys())}
+    if not same:
+        logger.warning("%s: the rerun under the same run key gives other scores than the run of %s (largest "
+                       "difference %.4g at %s; %d numbers in one record only)", name, record["timestamp_utc"],
+                       record["max_difference"], worst, record["numbers_only_in_one"])
+    return record
 
 
 def unk_counts(corpora: Corpora) -> dict[str, dict[str, int]]:
