@@ -127,3 +127,25 @@ def test_report_says_which_notebooks_tabulated_only_the_runs_made(tmp_path: Path
         json.dumps({"cells": [], "metadata": {"papermill": {"parameters": {"missing_runs": "train"}}}}))
     text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
     assert "Executed with `missing_runs: skip` (the profile's runs not all made yet): 04_ablation." in text
+
+
+def test_selection_readings_state_each_candidate_against_the_threshold_and_the_outcome(tmp_path: Path) -> None:
+    from xner_lib.report_file import selection_readings
+
+    def run(variant: str, seed: int, dev: float, lr: float) -> dict:
+        return {"variant": variant, "seed": seed, "config": {"lr": lr, "seed": seed},
+                "extra": {"best_dev_f1": dev, "best_step": 300, "steps": 300, "seconds": {"train": 600.0}}}
+
+    base = [run("baseline", s, d, 5e-5) for s, d in ((1, 0.930), (2, 0.934), (3, 0.932))]
+    runs = [*base, run("lr_lo", 1, 0.925, 3e-5), run("lr_hi", 1, 0.938, 1e-4), run("lr_far", 9, 0.99, 2e-4)]
+    table = report.selection_table(runs, "baseline", ["lr_lo", "lr_hi", "lr_far"])
+    report.write_table(table, tmp_path, "selection")  # read back as REPORT.md reads it
+    lines = selection_readings(pd.read_csv(tmp_path / "selection.csv"))
+    assert lines[0] == ("Selection: lr_lo (lr 5e-05 -> 3e-05), CoNLL dev 0.9250 on 1 paired seed(s), -0.0050 against "
+                        "the baseline (threshold +0.0057): not selected")
+    assert lines[1].startswith("Selection: lr_hi (lr 5e-05 -> 0.0001), CoNLL dev 0.9380") and \
+        lines[1].endswith("+0.0080 against the baseline (threshold +0.0057): selected")
+    assert lines[2] == "Selection: lr_far (lr 5e-05 -> 0.0002) shares no seed with the baseline: not compared"
+    assert lines[3] == "Selection: the profile's settings move to lr_hi's (chosen on CoNLL dev only)"
+    kept = selection_readings(report.selection_table(runs[:4], "baseline", ["lr_lo"]))
+    assert kept[-1] == "Selection: the profile's settings stay (chosen on CoNLL dev only)"

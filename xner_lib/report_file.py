@@ -223,6 +223,29 @@ def _markdown(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False)
 
 
+def selection_readings(table: pd.DataFrame) -> list[str]:
+    """One sentence per candidate of 03's selection table (:func:`~xner_lib.report.selection_table`): its
+    change, its paired difference in best CoNLL-dev F1 against the threshold, and whether it was selected;
+    then which settings the profile keeps."""
+    out = []
+    for _, row in table.iloc[1:].iterrows():
+        if pd.isna(row["diff"]):
+            out.append(f"Selection: {row['variant']} ({row['settings']}) shares no seed with the baseline: "
+                       "not compared")
+            continue
+        bar = "no threshold (fewer than 2 baseline seeds)" if pd.isna(row["threshold"]) else \
+            f"threshold {row['threshold']:+.4f}"
+        out.append(f"Selection: {row['variant']} ({row['settings']}), CoNLL dev {row['CoNLL dev F1']:.4f} on "
+                   f"{int(row['paired seeds'])} paired seed(s), {row['diff']:+.4f} against the baseline "
+                   f"({bar}): {'selected' if bool(row['selected']) else 'not selected'}")
+    chosen = table.loc[table["selected"].astype(bool), "variant"]
+    if len(table) > 1 and len(chosen):
+        pick = str(chosen.iloc[0])
+        verb = "stay" if pick == table["variant"].iloc[0] else f"move to {pick}'s"
+        out.append(f"Selection: the profile's settings {verb} (chosen on CoNLL dev only)")
+    return out
+
+
 def render(g: Gathered, profile: str) -> str:
     """The text of REPORT.md for ``g`` (:func:`gather`)."""
     git = git_state()
@@ -241,6 +264,8 @@ def render(g: Gathered, profile: str) -> str:
         reading += paired_readings(g.tables["table4_paired"], "change")
     if "baseline_changes" in g.tables:
         reading += paired_readings(g.tables["baseline_changes"], "change")
+    if "selection" in g.tables:
+        reading += selection_readings(g.tables["selection"])
     if "table5" in g.tables:
         reading += paired_readings(g.tables["table5"], "model", ("joint", "shared"))
     if "beyond" in g.tables:
