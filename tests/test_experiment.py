@@ -430,7 +430,7 @@ def test_a_rerun_under_the_same_key_records_whether_it_reproduced_the_scores(
         third = setup.run(fresh=True)
     record = third["extra"]["rerun_of"]
     assert not record["same_scores"] and record["max_difference"] == pytest.approx(0.125)
-    assert record["where"] == f"/weibo_test/{view}/strict/f1" and "other scores" in caplog.text
+    assert record["where"] == f"weibo_test.{view}.strict.f1" and "other scores" in caplog.text
     tampered["extra"]["run_key"] = "0" * 16  # another run: nothing to compare with
     path.write_text(json.dumps(tampered))
     assert "rerun_of" not in setup.run(fresh=True)["extra"]

@@ -399,19 +399,14 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                          scores=scores, extra=extra)
 
 
-def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
-    """Every number of a nested scores dict, by its ``/``-joined path."""
-    if isinstance(tree, Mapping):
-        return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f"{prefix}/{key}").items()}
-    return {prefix: float(tree)} if isinstance(tree, int | float) and not isinstance(tree, bool) else {}
-
-
 def rerun_record(previous: Mapping[str, Any], scores: Mapping[str, Any], name: str) -> dict[str, Any]:
     """What a rerun of a run already made under the same run key (its checkpoint was missing, or ``fresh``)
     says about reproducibility: the earlier record's commit and time, whether every number of ``scores``
-    (P/R/F1 and counts of every set and view) is the same, and the largest difference and where. A difference
+    (P/R/F1 and counts of every set and view) is the same, and the largest difference and where (its dotted
+    path, as :func:`key_differences` names a key part). A difference
     is logged at warning level: the same key, code and data gave other numbers."""
-    old, new = _numbers(previous.get("scores", {})), _numbers(scores)
+    old, new = ({k: float(v) for k, v in _leaves(tree) if isinstance(v, int | float) and not isinstance(v, bool)}
+                for tree in (previous.get("scores", {}), scores))
     diffs = {k: abs(new[k] - old[k]) for k in old.keys() & new.keys()}
     worst = max(diffs, key=lambda k: diffs[k], default=None)
     same = old.keys() == new.keys() and all(d == 0 for d in diffs.values())
