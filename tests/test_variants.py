@@ -496,3 +496,43 @@ def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_
         replace(experiment, missing="later")
     with pytest.raises(ValueError, match="set one of the two"):
         replace(experiment, missing="skip", fresh=True)
+
+
+def test_missing_runs_skip_reads_shared_runs_back_on_a_machine_without_the_seeds_fine_tuned_encoder(
+        experiment: Experiment, caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh clone has the records but not the checkpoints (kept outside git): with ``missing='skip'`` the
+    shared protocol's runs are read back by their records, every part of the run key checked but the encoder's
+    checksum (which only the absent weights give), and each is named as unverified; a record that differs in
+    any other part is still left out, and nothing trains or is written."""
+    variants = resolve_variants(_base(), _profile("smoke")["variants"])
+    blocks = {k: v for k, v in _profile("smoke")["variants"].items() if k != "baseline"}
+    shared = resolve_variants(_base(finetune=False, lr=0.0), blocks)
+    made = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+    runs = experiment.out / "runs"
+    before = {p: p.read_bytes() for p in runs.rglob("metrics.json")}
+    encoder_dir = experiment.out / "checkpoints" / "baseline-seed1" / "encoder"
+    away = encoder_dir.with_name("encoder-away")
+    encoder_dir.rename(away)
+    try:
+        skip = replace(experiment, missing="skip")
+        back = skip.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+        assert [m["timestamp_utc"] for m in back] == [m["timestamp_utc"] for m in made]
+        assert not skip.skipped
+        identity = made[0]["extra"]["run_key_parts"]["encoder"]["identity"]
+        assert skip.unverified == [f"shared-adv_att_pos seed 1: encoder {identity[:16]} as recorded",
+                                   f"shared-without_transfer seed 1: encoder {identity[:16]} as recorded"]
+        assert "2 runs read back with their encoder's checksum unchecked" in skip.skipped_summary()
+        # any other part of the key still counts: another head learning rate is a stale record, left out
+        other = resolve_variants(_base(finetune=False, lr=0.0, head_lr=0.5), blocks)
+        stale = replace(experiment, missing="skip")
+        assert stale.run_shared(variants, other, [1], only=["without_transfer"]) == []
+        assert stale.skipped == ["shared-without_transfer seed 1: its metrics.json is stale (the log line says what "
+                                 "differs)"] and not stale.unverified
+        assert "config.head_lr: 0.01 -> 0.5" in caplog.text
+        assert not encoder_dir.exists()  # nothing was trained or saved in its place
+    finally:
+        away.rename(encoder_dir)
+    assert {p: p.read_bytes() for p in runs.rglob("metrics.json")} == before
+    # with the encoder there, its checksum is checked as before
+    checked = replace(experiment, missing="skip")
+    assert len(checked.run_shared(variants, shared, [1], only=["adv_att_pos"])) == 1 and not checked.unverified

@@ -627,7 +627,10 @@ class Experiment:
     :meth:`run_shared` return and names it in :attr:`skipped`, so a notebook executed before a long profile
     is finished tabulates the runs made so far, each row with its seeds (``./run_all.sh --made-only``;
     README, What lands in ``results/<profile>/``). It reads a run back from its ``metrics.json`` alone: a
-    checkpoint is needed only where one is loaded (the shared protocol's encoder, the case study)."""
+    checkpoint is needed only where one is loaded (the case study). A shared-protocol run whose seed's
+    fine-tuned baseline encoder is not on this machine (a fresh clone) is read back with every part of its run
+    key checked but the encoder's checksum, which only those weights give (``unverified_encoder``; each such
+    run is named in :attr:`unverified` and in :meth:`skipped_summary`)."""
 
     data: Mapping[str, Dataset]
     encoder: Encoder
@@ -645,7 +648,9 @@ class Experiment:
     teachers: tuple[Experiment, Mapping[str, TrainConfig | str]] | None = None
     device: str = "cpu"
     missing: str = "train"
+    unverified_encoder: bool = False
     skipped: list[str] = field(default_factory=list, init=False, repr=False)
+    unverified: list[str] = field(default_factory=list, init=False, repr=False)
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
     _done: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
     _running: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
@@ -662,10 +667,16 @@ class Experiment:
             self.skipped.append(entry)
 
     def skipped_summary(self) -> str:
-        """For a notebook to print: every run made, or how many were skipped (``missing='skip'``) and which."""
-        if not self.skipped:
-            return "every run asked for is made"
-        return f"{len(self.skipped)} runs not made yet, left out (missing_runs 'skip'):\n  " + "\n  ".join(self.skipped)
+        """For a notebook to print: every run made, or how many were skipped (``missing='skip'``) and which;
+        then the runs read back without their encoder's checksum checked (:attr:`unverified`), if any."""
+        left_out = (f"{len(self.skipped)} runs not made yet, left out (missing_runs 'skip'):\n  "
+                    + "\n  ".join(self.skipped))
+        lines = [left_out if self.skipped else "every run asked for is made"]
+        if self.unverified:
+            lines.append(f"{len(self.unverified)} runs read back with their encoder's checksum unchecked (the seed's "
+                         "fine-tuned baseline encoder is not on this machine; every other part of the run key "
+                         "matches):\n  " + "\n  ".join(self.unverified))
+        return "\n".join(lines)
 
     # -- inputs, prepared once ------------------------------------------------------------------------
     def _prepare(self, key: str, dataset: Dataset, frozen: bool, zh_units: str | None = None) -> Prepared:
@@ -976,18 +987,30 @@ class Experiment:
         if any(t[1] is None for t in [*([teacher] if teacher else []), *(labellers or [])]):
             self._skip(name, seed, "a teacher's run is not made")
             return None
-        corpora = self.corpora(frozen, alt_units=self.compare_units and name == "baseline")
+        # read only, the key needs the sets and their units, not features: no feature pass to read a run back
+        corpora = self.corpora(frozen and not skip, alt_units=self.compare_units and name == "baseline")
+        encoder = self.encoder
+        if self.unverified_encoder:  # the identity of weights not on this machine: the record's own
+            encoder = replace(encoder, identity=self._recorded_identity(name, seed))
         m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
                         checkpoints_dir=self.out / "checkpoints" if keep and not skip else None, progress=self.progress,
-                        fresh=self.fresh, encoder=self.encoder, decode=self.decode,
+                        fresh=self.fresh, encoder=encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
                         streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
                         complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers), read_only=skip)
         if m is None:
             self._skip(name, seed, "its metrics.json is stale (the log line says what differs)")
             return None
+        if self.unverified_encoder:
+            self.unverified.append(f"{self.prefix}{name} seed {seed}: encoder {encoder.identity[:16]} as recorded")
         self._done[(name, seed)] = m
         return m
+
+    def _recorded_identity(self, name: str, seed: int) -> str:
+        """The encoder identity a run's ``metrics.json`` was keyed with ('' when it records none)."""
+        record = _read_metrics(self.out / "runs" / run_name(self.prefix + name, seed) / "metrics.json") or {}
+        encoder = record.get("extra", {}).get("run_key_parts", {}).get("encoder", {})
+        return str(encoder.get("identity", "")) if isinstance(encoder, Mapping) else ""
 
     def run_all(self, variants: Mapping[str, TrainConfig | str], seeds: Sequence[int],
                 only: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -1017,8 +1040,10 @@ class Experiment:
         """The ``shared`` protocol's experiment for ``seed`` (Table 5, issue 12): the fine-tuned encoder of
         this experiment's ``baseline`` run of that seed (run or read back first, its checkpoint kept),
         frozen, with its features cached; runs named ``shared-<variant>``; the teacher of its transfer
-        variants is this experiment's baseline of the same seed. None when that baseline, or its checkpoint,
-        is not made and ``missing`` is ``skip``."""
+        variants is this experiment's baseline of the same seed. None when that baseline is not made and
+        ``missing`` is ``skip``. With ``skip`` and the baseline's record there but not its fine-tuned encoder
+        (a fresh clone: checkpoints stay outside git), the experiment reads its runs back by their records
+        (``unverified_encoder``: the encoder's checksum taken from each record; it trains nothing)."""
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
@@ -1026,8 +1051,10 @@ class Experiment:
         if self.run("baseline", base, seed, variants, keep_checkpoint=True) is None:
             return None
         if self.missing == "skip" and not (tagger_dir / "encoder").is_dir():
-            self._skip("baseline", seed, f"its fine-tuned encoder is not kept ({tagger_dir})")
-            return None
+            stand_in = replace(self.encoder, name=str(tagger_dir / "encoder"))  # tokenizes only, never trains
+            return replace(self, encoder=stand_in, encoder_name=stand_in.name, prefix=SHARED_PREFIX,
+                           teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False,
+                           unverified_encoder=True)
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
@@ -1049,6 +1076,7 @@ class Experiment:
                 continue
             out += over.run_all(shared, [seed], only=only)
             self.skipped += [s for s in over.skipped if s not in self.skipped]
+            self.unverified += [s for s in over.unverified if s not in self.unverified]
         return out
 
     def describe(self) -> dict[str, str]:
