@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from xner_lib.static_space import (
     AlignedSpace,
     StaticVectorConfig,
     aligned_space,
+    build_aligned_space,
     build_static_vectors,
     spherical_kmeans,
     word_spans,
@@ -339,6 +342,47 @@ def test_static_rows_are_runs_read_back_by_run_key_and_rerun_when_it_changes(tmp
     assert t3.loc[0, "paper F1"] == 0.35 and t3.loc[0, "seeds"] == "1 1"
     assert t3.loc[1, "note"] == "not rebuilt: a reason" and t3.isna().loc[1, "People's Daily F1"]
     assert t3.isna().loc[2, "paper F1"] and t3.isna().loc[2, "People's Daily F1 std"]
+
+
+def test_a_space_is_keyed_by_what_it_is_built_from_not_by_its_vectors_last_bits(real: dict, tmp_path: Path) -> None:
+    """Static vectors are a float computation whose last bits differ from one CPU to another: Table 3's rows are
+    keyed by what the space is built from (encoder, config, tokens, 02's map), so a clone on another machine
+    reads them back; a changed map, encoder or text still reruns them."""
+    from xner_lib.static_rows import run_feature_crf
+
+    enc = load_encoder("tiny-random-bert")
+    english, chinese = [s.tokens for s in real["train"]], [s.tokens for s in real["zh_text"]]
+    align = tmp_path / "alignment"
+    align.mkdir()
+    u = torch.linalg.qr(torch.randn(enc.hidden_size, enc.hidden_size, generator=torch.Generator().manual_seed(0)))[0]
+    np.save(align / "mapping.npy", u.numpy())
+    config, cache = StaticVectorConfig(min_count=2), tmp_path / "cache"
+
+    def build(directory: Path = align) -> AlignedSpace:
+        return build_aligned_space(enc, english, chinese, directory, config, cache_dir=cache, progress=False)
+
+    space = build()
+    assert space.source is not None and space.key() == space.source == build().key()
+    # another machine: the same inputs, vectors that differ in their last bits
+    elsewhere = replace(space, en_vectors=space.en_vectors * (1 + 1e-7), zh_vectors=space.zh_vectors * (1 - 1e-7))
+    assert elsewhere.identity() != space.identity() and elsewhere.key() == space.key()
+    exp = _toy_experiment(tmp_path)
+    crf_cfg = FeatureCrfConfig(clusters=(4,), max_iterations=5, seed=1)
+    first = run_feature_crf(exp, crf_cfg, space)
+    assert first["extra"]["space_vectors"] == space.identity()
+    assert run_feature_crf(exp, crf_cfg, elsewhere)["timestamp_utc"] == first["timestamp_utc"]  # read back
+    # what the space is built from still keys it: another map, other text, another encoder
+    other = tmp_path / "other"
+    other.mkdir()
+    np.save(other / "mapping.npy", -u.numpy())
+    assert build(other).key() != space.key()
+    assert build_aligned_space(enc, english, chinese[:-1], align, config, cache_dir=cache,
+                               progress=False).key() != space.key()
+    moved = replace(enc, identity="another")
+    assert build_aligned_space(moved, english, chinese, align, config, cache_dir=cache,
+                               progress=False).key() != space.key()
+    # a space built by hand has no source: its vectors key it
+    assert toy_space().key() == toy_space().identity()
 
 
 def test_a_table3_row_without_runs_says_so_instead_of_failing() -> None:

@@ -4,8 +4,9 @@ Both rows are zero-shot like the rest of Table 3: trained on CoNLL-2003 train on
 scored on :data:`~xner_lib.experiment.EVAL_SETS` by :func:`~xner_lib.evaluate.score_dataset`, decoded by the
 project's Viterbi (:class:`~xner_lib.decoding.DecodeConfig`). Each writes ``runs/<name>-seed<N>/metrics.json``
 with the schema of :func:`~xner_lib.experiment.run_or_load`'s, under a run key of the same kind: the method
-version, the row, its whole config, the aligned space's identity (:meth:`AlignedSpace.identity`: words,
-vectors, lookup settings; so 02's map and the encoder are in it) and each set's data; a key that differs
+version, the row, its whole config, the aligned space's key (:meth:`AlignedSpace.key`: what the space is built
+from, so the encoder, the tokens and 02's map are in it; the vectors' own checksum, which differs in its last bits
+from one CPU to another, is recorded beside as ``extra.space_vectors``) and each set's data; a key that differs
 reruns, with one log line saying what changed.
 """
 
@@ -51,7 +52,7 @@ def _row_cache(exp: Experiment, name: str, config: Mapping[str, Any], seed: int,
     """A row's run key parts, run key, ``metrics.json`` path and the cached record when it can be read back
     (:func:`~xner_lib.experiment.read_cached`, else None)."""
     parts = {"method_version": METHOD_VERSION, "variant": name, "config": dict(config),
-             "space": space.identity(), "data": {k: data_identity(exp.data[k]) for k in KEY_SETS},
+             "space": space.key(), "data": {k: data_identity(exp.data[k]) for k in KEY_SETS},
              "evaluation": {"decode": asdict(exp.decode)}}
     parts = json.loads(json.dumps(parts, sort_keys=True, default=str))
     key = run_key(parts)
@@ -85,7 +86,8 @@ def run_feature_crf(exp: Experiment, config: FeatureCrfConfig, space: AlignedSpa
 
     scores, lookups, seconds = _score(predict, exp.data)
     extra = {"run_key": key, "run_key_parts": parts, "seconds": {"train": model.seconds, **seconds},
-             "lookup": lookups, "summary": model.summary(), "decode": asdict(exp.decode)}
+             "lookup": lookups, "summary": model.summary(), "decode": asdict(exp.decode),
+             "space_vectors": space.identity()}
     return write_metrics(path, variant=FEATURE_CRF, encoder=exp.encoder_name, seed=config.seed,
                          config=asdict(config), scores=scores, extra=extra)
 
@@ -104,7 +106,8 @@ def run_static_tagger(exp: Experiment, cfg: TrainConfig, space: AlignedSpace) ->
     extra = {"run_key": key, "run_key_parts": parts, "seconds": {"train": result.seconds, **seconds},
              "lookup": lookups, "best_step": result.best_step, "best_dev_f1": result.best_dev_f1,
              "history": result.history, "dev_history": result.dev_history, "steps": len(result.history),
-             "stopped_early": result.stopped_early, "decode": asdict(exp.decode)}
+             "stopped_early": result.stopped_early, "decode": asdict(exp.decode),
+             "space_vectors": space.identity()}
     return write_metrics(path, variant=STATIC_TAGGER, encoder=exp.encoder_name, seed=cfg.seed,
                          config=asdict(cfg), scores=scores, extra=extra)
 
@@ -112,4 +115,4 @@ def run_static_tagger(exp: Experiment, cfg: TrainConfig, space: AlignedSpace) ->
 def space_summary(space: AlignedSpace) -> dict[str, Any]:
     """Sizes of the aligned space, for a notebook to show beside Table 3."""
     return {"english_types": len(space.en_words), "chinese_types": len(space.zh_words), "dim": space.dim,
-            "identity": space.identity()[:16]}
+            "key": space.key()[:16], "vectors": space.identity()[:16]}

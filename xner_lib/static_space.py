@@ -26,10 +26,11 @@ nearest centroid, so every cluster id a Chinese token can take is one an English
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,7 @@ class AlignedSpace:
     zh_vectors: Tensor
     lowercase_en: bool = True
     zh_lookup: str = "word"
+    source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.en_vectors.shape[0] != len(self.en_words) or self.zh_vectors.shape[0] != len(self.zh_words):
@@ -217,6 +219,13 @@ class AlignedSpace:
             h.update("\n".join(words).encode())
             h.update(vecs.float().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def key(self) -> str:
+        """What keys a run read through this space: ``source``, the sha256 of what it was built from
+        (:func:`space_source`), when it has one, else :meth:`identity`. The vectors themselves are a float
+        computation whose last bits differ from one CPU to another, so keying by them reran every static row on
+        every new machine; their :meth:`identity` is recorded beside."""
+        return self.source if self.source is not None else self.identity()
 
     def lookup(self, sentences: Sequence[Sequence[str]], language: str) -> Lookup:
         """Where each token finds its vector (module docstring); one row per token, ``-1`` counted."""
@@ -322,5 +331,24 @@ def build_aligned_space(encoder: Encoder, english: Sequence[Sequence[str]], chin
     config = config or StaticVectorConfig()
     mapping, mean = load_alignment(alignment_dir)
     en, zh = build_static_vectors(encoder, english, chinese, config, cache_dir=cache_dir, progress=progress)
-    return aligned_space(en, zh, mapping, source_mean=mean, normalize=config.normalize,
-                         lowercase_en=config.lowercase_en, zh_lookup=config.zh_lookup)
+    space = aligned_space(en, zh, mapping, source_mean=mean, normalize=config.normalize,
+                          lowercase_en=config.lowercase_en, zh_lookup=config.zh_lookup)
+    return replace(space, source=space_source(encoder, english, chinese, alignment_dir, config))
+
+
+def space_source(encoder: Encoder, english: Sequence[Sequence[str]], chinese: Sequence[Sequence[str]],
+                 alignment_dir: str | os.PathLike[str], config: StaticVectorConfig) -> str:
+    """sha256 of what :func:`build_aligned_space` builds a space from: the encoder (name, identity, window), the
+    config, ``jieba``'s version (it segments the Chinese), the English and Chinese tokens, and the sha256 of 02's
+    ``mapping.npy`` and ``source_mean.npy`` (``absent`` for a missing mean)."""
+    from importlib.metadata import version
+
+    head = {"encoder": [encoder.name, encoder.identity, encoder.max_length], "config": asdict(config),
+            "jieba": version("jieba")}
+    h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
+    for sentences in (english, chinese):
+        h.update(json.dumps([list(s) for s in sentences], ensure_ascii=False).encode())
+    for name in ("mapping.npy", "source_mean.npy"):
+        path = Path(alignment_dir) / name
+        h.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else 'absent'}\n".encode())
+    return h.hexdigest()
