@@ -28,7 +28,7 @@ from xner_lib.evaluate import score_dataset
 from xner_lib.experiment import SPLITS, UNLABELLED_SETS, Experiment, resolve_variants, text_only
 from xner_lib.objectives import AdversarialConfig, majority_tags
 from xner_lib.rendering import surface_forms
-from xner_lib.tagger import Tagger, Teacher, predict, save_checkpoint
+from xner_lib.tagger import Tagger, Teacher, load_checkpoint, predict, save_checkpoint
 from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -501,24 +501,37 @@ def test_missing_runs_skip_reads_back_what_is_made_trains_nothing_and_names_the_
 def test_missing_runs_skip_reads_shared_runs_back_on_a_machine_without_the_seeds_fine_tuned_encoder(
         experiment: Experiment, caplog: pytest.LogCaptureFixture) -> None:
     """A fresh clone has the records but not the checkpoints (kept outside git): with ``missing='skip'`` the
-    shared protocol's runs are read back by their records, every part of the run key checked but the encoder's
-    checksum (which only the absent weights give), and each is named as unverified; a record that differs in
-    any other part is still left out, and nothing trains or is written."""
+    shared protocol's runs are read back, the encoder's checksum in their run key taken from the baseline's
+    record, which gives it as the encoder was saved (a baseline record made before records did so: each run's
+    own, and each such run is named as unverified); a record that differs in any other part is still left out,
+    and nothing trains or is written."""
     variants = resolve_variants(_base(), _profile("smoke")["variants"])
     blocks = {k: v for k, v in _profile("smoke")["variants"].items() if k != "baseline"}
     shared = resolve_variants(_base(finetune=False, lr=0.0), blocks)
     made = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
     runs = experiment.out / "runs"
+    # the baseline's record gives the identity of the encoder it saved, as a run over it is keyed
+    baseline_path = runs / "baseline-seed1" / "metrics.json"
+    baseline = json.loads(baseline_path.read_text())
+    identity = made[0]["extra"]["run_key_parts"]["encoder"]["identity"]
+    assert baseline["extra"]["saved_encoder_identity"] == identity
+    assert load_checkpoint(experiment.out / "checkpoints" / "baseline-seed1")[1].identity == identity
     before = {p: p.read_bytes() for p in runs.rglob("metrics.json")}
     encoder_dir = experiment.out / "checkpoints" / "baseline-seed1" / "encoder"
     away = encoder_dir.with_name("encoder-away")
     encoder_dir.rename(away)
     try:
+        verified = replace(experiment, missing="skip")
+        back = verified.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+        assert [m["timestamp_utc"] for m in back] == [m["timestamp_utc"] for m in made]
+        assert not verified.skipped and not verified.unverified  # keyed by the identity the baseline saved
+        # a baseline record made before records gave that identity: each run's own, named as unverified
+        old = {**baseline, "extra": {k: v for k, v in baseline["extra"].items() if k != "saved_encoder_identity"}}
+        baseline_path.write_text(json.dumps(old))
         skip = replace(experiment, missing="skip")
         back = skip.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
         assert [m["timestamp_utc"] for m in back] == [m["timestamp_utc"] for m in made]
         assert not skip.skipped
-        identity = made[0]["extra"]["run_key_parts"]["encoder"]["identity"]
         assert skip.unverified == [f"shared-adv_att_pos seed 1: encoder {identity[:16]} as recorded",
                                    f"shared-without_transfer seed 1: encoder {identity[:16]} as recorded"]
         assert "2 runs read back with their encoder's checksum unchecked" in skip.skipped_summary()
@@ -532,6 +545,7 @@ def test_missing_runs_skip_reads_shared_runs_back_on_a_machine_without_the_seeds
         assert not encoder_dir.exists()  # nothing was trained or saved in its place
     finally:
         away.rename(encoder_dir)
+        baseline_path.write_bytes(before[baseline_path])
     assert {p: p.read_bytes() for p in runs.rglob("metrics.json")} == before
     # with the encoder there, its checksum is checked as before
     checked = replace(experiment, missing="skip")

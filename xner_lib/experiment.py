@@ -30,7 +30,7 @@ from .data.links import count_links
 from .data.sources import sha256_cached
 from .decoding import DecodeConfig, entities_in_links
 from .device import mixed_precision, placed, resolve_device
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, encoder_identity, load_encoder
 from .evaluate import package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
 from .objectives import FewShotConfig, majority_tags
@@ -374,8 +374,12 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     scores, variant_scores, firings, predict_seconds = evaluate_tagger(
         result.tagger, corpora, decode, batch_size=cfg.eval_batch_size, progress=progress)
     seconds: dict[str, float] = {"train": result.seconds, **predict_seconds}
+    saved_identity = None
     if checkpoint is not None:
         save_checkpoint(result.tagger, checkpoint, asdict(cfg), run_key=key, scoring=evaluation)
+        tuned = result.tagger.encoder
+        if tuned is not None:  # what a run over the saved encoder is keyed by (the shared protocol)
+            saved_identity = encoder_identity(tuned.model, tuned.tokenizer)
     if result.snapshot is not None:
         result.tagger.load_state_dict(result.snapshot[1])
         snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},
@@ -388,6 +392,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         "best_dev_f1": result.best_dev_f1, "history": result.history, "dev_history": result.dev_history,
         "seconds": seconds, "encoder_identity": reference.identity, "unk_counts": unk_counts(corpora),
         "checkpoint_saved": checkpoint is not None,
+        **({"saved_encoder_identity": saved_identity} if saved_identity is not None else {}),
         "decode": asdict(decode), "zh_units": corpora.weibo_test.zh_units, "variant_scores": variant_scores,
         "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
         "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
@@ -628,9 +633,10 @@ class Experiment:
     is finished tabulates the runs made so far, each row with its seeds (``./run_all.sh --made-only``;
     README, What lands in ``results/<profile>/``). It reads a run back from its ``metrics.json`` alone: a
     checkpoint is needed only where one is loaded (the case study). A shared-protocol run whose seed's
-    fine-tuned baseline encoder is not on this machine (a fresh clone) is read back with every part of its run
-    key checked but the encoder's checksum, which only those weights give (``unverified_encoder``; each such
-    run is named in :attr:`unverified` and in :meth:`skipped_summary`)."""
+    fine-tuned baseline encoder is not on this machine (a fresh clone) is keyed by that encoder's identity
+    as the baseline's record saved it; a baseline record made before records did so leaves every part of the
+    run key checked but the encoder's checksum (``unverified_encoder``; each such run is named
+    in :attr:`unverified` and in :meth:`skipped_summary`)."""
 
     data: Mapping[str, Dataset]
     encoder: Encoder
@@ -1042,19 +1048,23 @@ class Experiment:
         frozen, with its features cached; runs named ``shared-<variant>``; the teacher of its transfer
         variants is this experiment's baseline of the same seed. None when that baseline is not made and
         ``missing`` is ``skip``. With ``skip`` and the baseline's record there but not its fine-tuned encoder
-        (a fresh clone: checkpoints stay outside git), the experiment reads its runs back by their records
-        (``unverified_encoder``: the encoder's checksum taken from each record; it trains nothing)."""
+        (a fresh clone: checkpoints stay outside git), the experiment reads its runs back, training nothing:
+        keyed by the saved encoder's identity as the baseline's record gives it (``extra.saved_encoder_identity``)
+        or, for a record made before records gave it, by each run's own (``unverified_encoder``)."""
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
         tagger_dir = self.out / "checkpoints" / run_name(self.prefix + "baseline", seed)
-        if self.run("baseline", base, seed, variants, keep_checkpoint=True) is None:
+        made = self.run("baseline", base, seed, variants, keep_checkpoint=True)
+        if made is None:
             return None
         if self.missing == "skip" and not (tagger_dir / "encoder").is_dir():
-            stand_in = replace(self.encoder, name=str(tagger_dir / "encoder"))  # tokenizes only, never trains
+            # the saved encoder's identity as the baseline's record gives it (records made before it did: none)
+            saved = made["extra"].get("saved_encoder_identity")
+            stand_in = replace(self.encoder, name=str(tagger_dir / "encoder"), identity=saved or "")  # tokenizes only
             return replace(self, encoder=stand_in, encoder_name=stand_in.name, prefix=SHARED_PREFIX,
                            teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False,
-                           unverified_encoder=True)
+                           unverified_encoder=saved is None)
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
