@@ -420,6 +420,7 @@ def test_a_rerun_under_the_same_key_records_whether_it_reproduced_the_scores(
     again = setup.run(fresh=True)
     record = again["extra"]["rerun_of"]
     assert record["same_scores"] and record["max_difference"] == 0.0 and record["numbers_only_in_one"] == 0
+    assert record["strict_f1_changed"] == {}
     assert record["numbers_compared"] > 20 and record["timestamp_utc"] == first["timestamp_utc"]
     path = setup.root / "runs" / "baseline-seed2" / "metrics.json"
     tampered = json.loads(path.read_text())
@@ -431,6 +432,9 @@ def test_a_rerun_under_the_same_key_records_whether_it_reproduced_the_scores(
     record = third["extra"]["rerun_of"]
     assert not record["same_scores"] and record["max_difference"] == pytest.approx(0.125)
     assert record["where"] == f"weibo_test.{view}.strict.f1" and "other scores" in caplog.text
+    f1 = tampered["scores"]["weibo_test"][view]["strict"]["f1"]
+    assert record["strict_f1_changed"] == {f"weibo_test.{view}.strict.f1": [f1, pytest.approx(f1 - 0.125)]}
+    assert f"weibo_test.{view} {f1:.4f} -> {f1 - 0.125:.4f}" in caplog.text
     tampered["extra"]["run_key"] = "0" * 16  # another run: nothing to compare with
     path.write_text(json.dumps(tampered))
     assert "rerun_of" not in setup.run(fresh=True)["extra"]

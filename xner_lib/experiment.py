@@ -407,21 +407,26 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
 def rerun_record(previous: Mapping[str, Any], scores: Mapping[str, Any], name: str) -> dict[str, Any]:
     """What a rerun of a run already made under the same run key (its checkpoint was missing, or ``fresh``)
     says about reproducibility: the earlier record's commit and time, whether every number of ``scores``
-    (P/R/F1 and counts of every set and view) is the same, and the largest difference and where (its dotted
-    path, as :func:`key_differences` names a key part). A difference
+    (P/R/F1 and counts of every set and view) is the same, the largest difference and where (its dotted
+    path, as :func:`key_differences` names a key part), and each strict F1 that moved as ``[old, new]``
+    (``strict_f1_changed``). A difference
     is logged at warning level: the same key, code and data gave other numbers."""
     old, new = ({k: float(v) for k, v in _leaves(tree) if isinstance(v, int | float) and not isinstance(v, bool)}
                 for tree in (previous.get("scores", {}), scores))
     diffs = {k: abs(new[k] - old[k]) for k in old.keys() & new.keys()}
     worst = max(diffs, key=lambda k: diffs[k], default=None)
     same = old.keys() == new.keys() and all(d == 0 for d in diffs.values())
+    strict_f1 = {k: [old[k], new[k]] for k in sorted(diffs) if k.endswith(".strict.f1") and diffs[k] != 0}
     record = {"timestamp_utc": previous.get("timestamp_utc"), "commit": previous.get("git", {}).get("commit"),
               "same_scores": same, "max_difference": diffs[worst] if worst else 0.0, "where": worst,
-              "numbers_compared": len(diffs), "numbers_only_in_one": len(old.keys() ^ new.keys())}
+              "numbers_compared": len(diffs), "numbers_only_in_one": len(old.keys() ^ new.keys()),
+              "strict_f1_changed": strict_f1}
     if not same:
+        moved = "; ".join(f"{k.removesuffix('.strict.f1')} {a:.4f} -> {b:.4f}" for k, (a, b) in strict_f1.items())
         logger.warning("%s: the rerun under the same run key gives other scores than the run of %s (largest "
-                       "difference %.4g at %s; %d numbers in one record only)", name, record["timestamp_utc"],
-                       record["max_difference"], worst, record["numbers_only_in_one"])
+                       "difference %.4g at %s; %d numbers in one record only; strict F1: %s)", name,
+                       record["timestamp_utc"], record["max_difference"], worst, record["numbers_only_in_one"],
+                       moved or "unchanged")
     return record
 
 
