@@ -25,7 +25,7 @@ from xner_lib.data import read_file
 from xner_lib.data.sources import sha256_cached
 from xner_lib.decoding import DecodeConfig
 from xner_lib.encoders import Encoder, load_encoder, tiny_encoder
-from xner_lib.evaluate import VERSIONED_PACKAGES, package_versions
+from xner_lib.evaluate import VERSIONED_PACKAGES, git_state, package_versions
 from xner_lib.experiment import Corpora, run_or_load
 from xner_lib.train import TrainConfig
 
@@ -438,3 +438,16 @@ def test_a_rerun_under_the_same_key_records_whether_it_reproduced_the_scores(
     tampered["extra"]["run_key"] = "0" * 16  # another run: nothing to compare with
     path.write_text(json.dumps(tampered))
     assert "rerun_of" not in setup.run(fresh=True)["extra"]
+
+
+def test_a_record_keeps_the_code_s_commit_when_the_checkout_moved_while_it_ran(
+        setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """A record names the checkout's commit when it is written; the code that ran is the one its process
+    imported. When the two differ, ``extra.code_git`` keeps the code's and a warning says so."""
+    now = git_state()
+    assert "code_git" not in setup.run(fresh=True, code_git=now)["extra"]
+    earlier = {"commit": "0" * 40, "dirty": False}
+    with caplog.at_level(logging.WARNING, logger="xner_lib.experiment"):
+        moved = setup.run(fresh=True, code_git=earlier)
+    assert moved["extra"]["code_git"] == earlier and moved["git"] == now
+    assert "the checkout moved while it ran" in caplog.text

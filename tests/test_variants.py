@@ -503,12 +503,12 @@ def test_missing_runs_skip_reads_shared_runs_back_on_a_machine_without_the_seeds
     """A fresh clone has the records but not the checkpoints (kept outside git): with ``missing='skip'`` the
     shared protocol's runs are read back, the encoder's checksum in their run key taken from the baseline's
     record, which gives it as the encoder was saved (a baseline record made before records did so: each run's
-    own, and each such run is named as unverified); a record that differs in any other part is still left out,
-    and nothing trains or is written."""
+    own, each such run named as unverified, and a run older than the baseline's record left out); a record that
+    differs in any other part is still left out, and nothing trains or is written."""
     variants = resolve_variants(_base(), _profile("smoke")["variants"])
     blocks = {k: v for k, v in _profile("smoke")["variants"].items() if k != "baseline"}
     shared = resolve_variants(_base(finetune=False, lr=0.0), blocks)
-    made = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+    made = experiment.run_shared(variants, shared, [1], only=["adv_att_pos", "without_adversarial"])
     runs = experiment.out / "runs"
     # the baseline's record gives the identity of the encoder it saved, as a run over it is keyed
     baseline_path = runs / "baseline-seed1" / "metrics.json"
@@ -522,24 +522,36 @@ def test_missing_runs_skip_reads_shared_runs_back_on_a_machine_without_the_seeds
     encoder_dir.rename(away)
     try:
         verified = replace(experiment, missing="skip")
-        back = verified.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+        back = verified.run_shared(variants, shared, [1], only=["adv_att_pos", "without_adversarial"])
         assert [m["timestamp_utc"] for m in back] == [m["timestamp_utc"] for m in made]
         assert not verified.skipped and not verified.unverified  # keyed by the identity the baseline saved
+        # and that identity is what keys them: another one in the baseline's record leaves both out
+        baseline_path.write_text(json.dumps({**baseline, "extra": {**baseline["extra"],
+                                                                   "saved_encoder_identity": "0" * 64}}))
+        other_encoder = replace(experiment, missing="skip")
+        assert other_encoder.run_shared(variants, shared, [1], only=["adv_att_pos", "without_adversarial"]) == []
+        assert len(other_encoder.skipped) == 2 and not other_encoder.unverified
         # a baseline record made before records gave that identity: each run's own, named as unverified
         old = {**baseline, "extra": {k: v for k, v in baseline["extra"].items() if k != "saved_encoder_identity"}}
         baseline_path.write_text(json.dumps(old))
         skip = replace(experiment, missing="skip")
-        back = skip.run_shared(variants, shared, [1], only=["adv_att_pos", "without_transfer"])
+        back = skip.run_shared(variants, shared, [1], only=["adv_att_pos", "without_adversarial"])
         assert [m["timestamp_utc"] for m in back] == [m["timestamp_utc"] for m in made]
         assert not skip.skipped
         assert skip.unverified == [f"shared-adv_att_pos seed 1: encoder {identity[:16]} as recorded",
-                                   f"shared-without_transfer seed 1: encoder {identity[:16]} as recorded"]
+                                   f"shared-without_adversarial seed 1: encoder {identity[:16]} as recorded"]
         assert "2 runs read back with their encoder's checksum unchecked" in skip.skipped_summary()
+        # a run older than its seed's baseline record was made over an encoder since replaced: left out
+        baseline_path.write_text(json.dumps({**old, "timestamp_utc": "2999-01-01T00:00:00Z"}))
+        later = replace(experiment, missing="skip")
+        assert later.run_shared(variants, shared, [1], only=["adv_att_pos"]) == [] and not later.unverified
+        assert "before its seed's baseline record (2999-01-01T00:00:00Z)" in later.skipped[0]
+        baseline_path.write_text(json.dumps(old))
         # any other part of the key still counts: another head learning rate is a stale record, left out
         other = resolve_variants(_base(finetune=False, lr=0.0, head_lr=0.5), blocks)
         stale = replace(experiment, missing="skip")
-        assert stale.run_shared(variants, other, [1], only=["without_transfer"]) == []
-        assert stale.skipped == ["shared-without_transfer seed 1: its metrics.json is stale (the log line says what "
+        assert stale.run_shared(variants, other, [1], only=["without_adversarial"]) == []
+        assert stale.skipped == ["shared-without_adversarial seed 1: its metrics.json is stale (the log line says what "
                                  "differs)"] and not stale.unverified
         assert "config.head_lr: 0.01 -> 0.5" in caplog.text
         assert not encoder_dir.exists()  # nothing was trained or saved in its place

@@ -30,8 +30,8 @@ from .data.links import count_links
 from .data.sources import sha256_cached
 from .decoding import DecodeConfig, entities_in_links
 from .device import mixed_precision, placed, resolve_device
-from .encoders import Encoder, encoder_identity, load_encoder
-from .evaluate import package_versions, score_dataset, write_metrics
+from .encoders import Encoder, load_encoder
+from .evaluate import git_state, package_versions, score_dataset, write_metrics
 from .files import write_bytes_atomic
 from .objectives import FewShotConfig, majority_tags
 from .run_names import SHARED_PREFIX, few_shot_name, is_few_shot, run_name
@@ -309,7 +309,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                 encoder: Encoder | None = None, decode: DecodeConfig | None = None,
                 snapshot_epoch: float | None = None, streams: Streams | None = None,
                 complete: Callable[[], tuple[Corpora, Streams]] | None = None,
-                read_only: bool = False) -> dict[str, Any] | None:
+                read_only: bool = False, code_git: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """Train and evaluate one (variant, seed), or read back its ``metrics.json`` when its run key matches.
 
     ``encoder_factory`` loads a fresh encoder (fine-tuning changes it, so each seed starts from the same
@@ -335,7 +335,13 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     have to train returns None instead (the log line still says why a stale one is not read back). A run made
     again under the run key of the record it replaces (its checkpoint was missing, or ``fresh``) records
     under ``extra.rerun_of`` whether it reproduced that record's scores (:func:`rerun_record`).
+
+    ``code_git``: the git state of the code that runs (default: the checkout's now; an
+    :class:`Experiment` passes the state when it was made, i.e. when its process imported the code). A
+    record names the checkout's commit when it is written; when that is not ``code_git`` (the checkout moved
+    while the run trained), ``extra.code_git`` keeps the code's and a warning says so.
     """
+    code_git = dict(code_git) if code_git is not None else git_state()
     run_dir = runs_dir / run_name(variant, cfg.seed)
     path = run_dir / "metrics.json"
     checkpoint = checkpoints_dir / run_dir.name if checkpoints_dir is not None else None
@@ -378,8 +384,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     if checkpoint is not None:
         save_checkpoint(result.tagger, checkpoint, asdict(cfg), run_key=key, scoring=evaluation)
         tuned = result.tagger.encoder
-        if tuned is not None:  # what a run over the saved encoder is keyed by (the shared protocol)
-            saved_identity = encoder_identity(tuned.model, tuned.tokenizer)
+        if tuned is not None:  # what a run over the saved encoder is keyed by (the shared protocol): as reloaded
+            saved_identity = load_encoder(checkpoint / "encoder", max_length=tuned.max_length).identity
     if result.snapshot is not None:
         result.tagger.load_state_dict(result.snapshot[1])
         snap, _, _, snap_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},
@@ -400,6 +406,10 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         **({"streams": streams.summary} if streams.summary else {}),
         **({"rerun_of": rerun_record(previous, scores, run_dir.name)} if previous is not None else {}),
     }
+    if git_state() != code_git:
+        extra["code_git"] = code_git
+        logger.warning("%s: the checkout moved while it ran (code at %s, checkout now at %s): the record keeps "
+                       "both", run_dir.name, code_git.get("commit"), git_state().get("commit"))
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)
 
@@ -660,6 +670,8 @@ class Experiment:
     device: str = "cpu"
     missing: str = "train"
     unverified_encoder: bool = False
+    not_before: str | None = None
+    code_git: dict[str, Any] = field(default_factory=git_state, repr=False)
     skipped: list[str] = field(default_factory=list, init=False, repr=False)
     unverified: list[str] = field(default_factory=list, init=False, repr=False)
     _prepared: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
@@ -1002,13 +1014,19 @@ class Experiment:
         corpora = self.corpora(frozen and not skip, alt_units=self.compare_units and name == "baseline")
         encoder = self.encoder
         if self.unverified_encoder:  # the identity of weights not on this machine: the record's own
-            encoder = replace(encoder, identity=self._recorded_identity(name, seed))
+            identity, made_utc = self._recorded(name, seed)
+            if self.not_before is not None and made_utc < self.not_before:
+                self._skip(name, seed, f"made ({made_utc}) before its seed's baseline record ({self.not_before}): "
+                                       "over an encoder since replaced")
+                return None
+            encoder = replace(encoder, identity=identity)
         m = run_or_load(self.prefix + name, cfg, lambda: load_encoder(self.encoder_name), corpora, self.out / "runs",
                         checkpoints_dir=self.out / "checkpoints" if keep and not skip else None, progress=self.progress,
                         fresh=self.fresh, encoder=encoder, decode=self.decode,
                         snapshot_epoch=self.snapshot_epoch if name == "baseline" else None,
                         streams=Streams(inputs=self.inputs(cfg, teacher, labellers)),
-                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers), read_only=skip)
+                        complete=lambda: self.streams(cfg, corpora, teacher, frozen, labellers), read_only=skip,
+                        code_git=self.code_git)
         if m is None:
             self._skip(name, seed, "its metrics.json is stale (the log line says what differs)")
             return None
@@ -1017,11 +1035,13 @@ class Experiment:
         self._done[(name, seed)] = m
         return m
 
-    def _recorded_identity(self, name: str, seed: int) -> str:
-        """The encoder identity a run's ``metrics.json`` was keyed with ('' when it records none)."""
+    def _recorded(self, name: str, seed: int) -> tuple[str, str]:
+        """The encoder identity a run's ``metrics.json`` was keyed with and its UTC time ('' for either it
+        lacks)."""
         record = _read_metrics(self.out / "runs" / run_name(self.prefix + name, seed) / "metrics.json") or {}
         encoder = record.get("extra", {}).get("run_key_parts", {}).get("encoder", {})
-        return str(encoder.get("identity", "")) if isinstance(encoder, Mapping) else ""
+        identity = str(encoder.get("identity", "")) if isinstance(encoder, Mapping) else ""
+        return identity, str(record.get("timestamp_utc", ""))
 
     def run_all(self, variants: Mapping[str, TrainConfig | str], seeds: Sequence[int],
                 only: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -1055,7 +1075,8 @@ class Experiment:
         ``missing`` is ``skip``. With ``skip`` and the baseline's record there but not its fine-tuned encoder
         (a fresh clone: checkpoints stay outside git), the experiment reads its runs back, training nothing:
         keyed by the saved encoder's identity as the baseline's record gives it (``extra.saved_encoder_identity``)
-        or, for a record made before records gave it, by each run's own (``unverified_encoder``)."""
+        or, for a record made before records gave it, by each run's own (``unverified_encoder``), a run older
+        than the baseline's record left out (``not_before``: it was made over an encoder since replaced)."""
         base = variants.get("baseline")
         if not isinstance(base, TrainConfig):
             raise ValueError("the shared protocol needs a 'baseline' variant with its own block")
@@ -1069,10 +1090,14 @@ class Experiment:
             stand_in = replace(self.encoder, name=str(tagger_dir / "encoder"), identity=saved or "")  # tokenizes only
             return replace(self, encoder=stand_in, encoder_name=stand_in.name, prefix=SHARED_PREFIX,
                            teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False,
-                           unverified_encoder=saved is None)
+                           unverified_encoder=saved is None, not_before=made.get("timestamp_utc"))
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
+        saved = made["extra"].get("saved_encoder_identity")
+        if saved is not None and saved != encoder.identity:
+            logger.warning("%s: its encoder (identity %s) is not the one the baseline's record saved (%s): the "
+                           "shared runs are keyed by the checkpoint's", tagger_dir, encoder.identity[:16], saved[:16])
         return replace(self, encoder=encoder, encoder_name=str(tagger_dir / "encoder"), prefix=SHARED_PREFIX,
                        teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False)
 
