@@ -362,7 +362,7 @@ def test_a_space_is_keyed_by_what_it_is_built_from_not_by_its_vectors_last_bits(
         return build_aligned_space(enc, english, chinese, directory, config, cache_dir=cache, progress=False)
 
     space = build()
-    assert space.source is not None and space.key() == space.source == build().key()
+    assert space.source is not None and space.key() == build().key() != space.identity()
     # another machine: the same inputs, vectors that differ in their last bits
     elsewhere = replace(space, en_vectors=space.en_vectors * (1 + 1e-7), zh_vectors=space.zh_vectors * (1 - 1e-7))
     assert elsewhere.identity() != space.identity() and elsewhere.key() == space.key()
@@ -381,6 +381,11 @@ def test_a_space_is_keyed_by_what_it_is_built_from_not_by_its_vectors_last_bits(
     moved = replace(enc, identity="another")
     assert build_aligned_space(moved, english, chinese, align, config, cache_dir=cache,
                                progress=False).key() != space.key()
+    # the encoder's name (a clone's path, say) does not; the space's own lookup settings do
+    renamed = replace(enc, name="/elsewhere/encoder")
+    assert build_aligned_space(renamed, english, chinese, align, config, cache_dir=cache,
+                               progress=False).key() == space.key()
+    assert replace(space, zh_lookup="char").key() != space.key()
     # a space built by hand has no source: its vectors key it
     assert toy_space().key() == toy_space().identity()
 

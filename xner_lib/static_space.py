@@ -43,6 +43,9 @@ from .vectors import StaticVectors, merge, occurrence_vectors, segment_chinese, 
 
 #: how a Chinese character finds its vector (module docstring)
 ZH_LOOKUPS: tuple[str, ...] = ("word", "char")
+#: bump when the code that makes a space's vectors from its inputs changes (:func:`build_static_vectors`,
+#: :func:`aligned_space`, the type vectors and preprocessing they call): it keys Table 3's static rows
+STATIC_SPACE_VERSION = "static-space-v1"
 #: where the cluster centroids are fitted (module docstring)
 CLUSTER_FITS: tuple[str, ...] = ("en", "joint")
 
@@ -222,10 +225,12 @@ class AlignedSpace:
 
     def key(self) -> str:
         """What keys a run read through this space: ``source``, the sha256 of what it was built from
-        (:func:`space_source`), when it has one, else :meth:`identity`. The vectors themselves are a float
-        computation whose last bits differ from one CPU to another, so keying by them reran every static row on
-        every new machine; their :meth:`identity` is recorded beside."""
-        return self.source if self.source is not None else self.identity()
+        (:func:`space_source`), with the lookup settings, when it has one, else :meth:`identity`. The vectors
+        themselves are a float computation whose last bits differ from one CPU to another, so keying by them
+        reran every static row on every new machine; their :meth:`identity` is recorded beside."""
+        if self.source is None:
+            return self.identity()
+        return hashlib.sha256(f"{self.source} {self.lowercase_en} {self.zh_lookup}".encode()).hexdigest()
 
     def lookup(self, sentences: Sequence[Sequence[str]], language: str) -> Lookup:
         """Where each token finds its vector (module docstring); one row per token, ``-1`` counted."""
@@ -338,13 +343,18 @@ def build_aligned_space(encoder: Encoder, english: Sequence[Sequence[str]], chin
 
 def space_source(encoder: Encoder, english: Sequence[Sequence[str]], chinese: Sequence[Sequence[str]],
                  alignment_dir: str | os.PathLike[str], config: StaticVectorConfig) -> str:
-    """sha256 of what :func:`build_aligned_space` builds a space from: the encoder (name, identity, window), the
-    config, ``jieba``'s version (it segments the Chinese), the English and Chinese tokens, and the sha256 of 02's
-    ``mapping.npy`` and ``source_mean.npy`` (``absent`` for a missing mean)."""
+    """sha256 of what :func:`build_aligned_space` builds a space from: the encoder (identity of its weights and
+    tokenizer, and window; not its name, which may be a clone's path), the config, the code that makes the
+    vectors (:data:`STATIC_SPACE_VERSION`; the feature cache's format and unit rule), ``jieba``'s version (it
+    segments the Chinese), the English and Chinese tokens, and the sha256 of 02's ``mapping.npy`` and
+    ``source_mean.npy`` (``absent`` for a missing mean)."""
     from importlib.metadata import version
 
-    head = {"encoder": [encoder.name, encoder.identity, encoder.max_length], "config": asdict(config),
-            "jieba": version("jieba")}
+    from .features import CACHE_FORMAT
+    from .units import UNIT_RULE
+
+    head = {"encoder": [encoder.identity, encoder.max_length], "config": asdict(config), "jieba": version("jieba"),
+            "code": [STATIC_SPACE_VERSION, CACHE_FORMAT, UNIT_RULE]}
     h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     for sentences in (english, chinese):
         h.update(json.dumps([list(s) for s in sentences], ensure_ascii=False).encode())
