@@ -341,7 +341,6 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     record names the checkout's commit when it is written; when that is not ``code_git`` (the checkout moved
     while the run trained), ``extra.code_git`` keeps the code's and a warning says so.
     """
-    code_git = dict(code_git) if code_git is not None else git_state()
     run_dir = runs_dir / run_name(variant, cfg.seed)
     path = run_dir / "metrics.json"
     checkpoint = checkpoints_dir / run_dir.name if checkpoints_dir is not None else None
@@ -358,6 +357,7 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     cached = read_cached(path, key, parts, fresh=fresh, checkpoint=checkpoint, read_only=read_only)
     if cached is not None or read_only:
         return cached
+    code_git = dict(code_git) if code_git is not None else git_state()  # only a run that trains is written
     previous = _read_metrics(path) if path.is_file() else None  # the same run made before (checkpoint lost, fresh)
     if previous is not None and previous.get("extra", {}).get("run_key") != key:
         previous = None
@@ -406,10 +406,11 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         **({"streams": streams.summary} if streams.summary else {}),
         **({"rerun_of": rerun_record(previous, scores, run_dir.name)} if previous is not None else {}),
     }
-    if git_state() != code_git:
+    checkout = git_state()
+    if checkout != code_git:
         extra["code_git"] = code_git
         logger.warning("%s: the checkout moved while it ran (code at %s, checkout now at %s): the record keeps "
-                       "both", run_dir.name, code_git.get("commit"), git_state().get("commit"))
+                       "both", run_dir.name, code_git.get("commit"), checkout.get("commit"))
     return write_metrics(path, variant=variant, encoder=cfg.encoder, seed=cfg.seed, config=asdict(cfg),
                          scores=scores, extra=extra)
 
@@ -1084,9 +1085,9 @@ class Experiment:
         made = self.run("baseline", base, seed, variants, keep_checkpoint=True)
         if made is None:
             return None
+        # the saved encoder's identity as the baseline's record gives it (records made before it did: none)
+        saved = made["extra"].get("saved_encoder_identity")
         if self.missing == "skip" and not (tagger_dir / "encoder").is_dir():
-            # the saved encoder's identity as the baseline's record gives it (records made before it did: none)
-            saved = made["extra"].get("saved_encoder_identity")
             stand_in = replace(self.encoder, name=str(tagger_dir / "encoder"), identity=saved or "")  # tokenizes only
             return replace(self, encoder=stand_in, encoder_name=stand_in.name, prefix=SHARED_PREFIX,
                            teachers=(self, variants), compare_units=False, snapshot_epoch=None, save_checkpoints=False,
@@ -1094,7 +1095,6 @@ class Experiment:
         if not (tagger_dir / "encoder").is_dir():
             raise FileNotFoundError(f"{tagger_dir}: the baseline's fine-tuned encoder was not kept")
         encoder = load_checkpoint(tagger_dir)[1]
-        saved = made["extra"].get("saved_encoder_identity")
         if saved is not None and saved != encoder.identity:
             logger.warning("%s: its encoder (identity %s) is not the one the baseline's record saved (%s): the "
                            "shared runs are keyed by the checkpoint's", tagger_dir, encoder.identity[:16], saved[:16])

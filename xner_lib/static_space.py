@@ -350,6 +350,7 @@ def space_source(encoder: Encoder, english: Sequence[Sequence[str]], chinese: Se
     ``source_mean.npy`` (``absent`` for a missing mean)."""
     from importlib.metadata import version
 
+    from .data.sources import sha256_cached
     from .features import CACHE_FORMAT
     from .units import UNIT_RULE
 
@@ -360,5 +361,5 @@ def space_source(encoder: Encoder, english: Sequence[Sequence[str]], chinese: Se
         h.update(json.dumps([list(s) for s in sentences], ensure_ascii=False).encode())
     for name in ("mapping.npy", "source_mean.npy"):
         path = Path(alignment_dir) / name
-        h.update(f"{name}:{hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else 'absent'}\n".encode())
+        h.update(f"{name}:{sha256_cached(path) if path.is_file() else 'absent'}\n".encode())
     return h.hexdigest()
