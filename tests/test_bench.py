@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from xner_lib.bench import BenchConfig, _peer_features, encoder_flops, matmul_gflops, run_bench
+from xner_lib.bench import (
+    BenchConfig,
+    _peer_features,
+    _wall_clock_stop,
+    encoder_flops,
+    matmul_gflops,
+    ours_baseline,
+    run_bench,
+)
 from xner_lib.config import load_profile
 from xner_lib.encoders import load_encoder
 
@@ -38,19 +46,60 @@ def test_matmul_limit_is_a_positive_rate_and_one_timed_step_is_refused() -> None
     assert 0 < matmul_gflops(128, seconds=0.05) < 1e5
     with pytest.raises(ValueError, match="steps >= 2"):
         BenchConfig(steps=1)
+    for bad in (0, -1.0, "soon"):
+        with pytest.raises(ValueError):
+            BenchConfig(peer_minutes=bad)
+    assert BenchConfig(peer_minutes="ours").peer_minutes == "ours"
+
+
+def test_the_peer_stops_at_the_first_step_end_past_its_wall_time() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    state, control = TrainerState(), TrainerControl()
+    late = _wall_clock_stop(60.0)
+    late.on_train_begin(None, state, control)
+    state.global_step = 5
+    late.on_step_end(None, state, control)
+    assert not control.should_training_stop and late.stopped_at_step is None
+    now = _wall_clock_stop(0.0)
+    now.on_train_begin(None, state, control)
+    now.on_step_end(None, state, control)
+    assert control.should_training_stop and now.stopped_at_step == 5
+
+
+def _record(runs: Path, seed: int, seconds: float, pd: float, weibo: float) -> None:
+    d = runs / f"baseline-seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({
+        "extra": {"seconds": {"train": seconds}, "steps": 10},
+        "scores": {"peoples_daily_test": {"peoples_daily": {"strict": {"f1": pd}}},
+                   "weibo_test": {"weibo_nam": {"strict": {"f1": weibo}}}}}))
+
+
+def test_ours_is_every_made_baseline_seed_and_their_mean(tmp_path: Path) -> None:
+    assert ours_baseline(tmp_path, [1, 2]) == {"seeds": {}, "mean": None}
+    _record(tmp_path, 1, 600.0, 0.5, 0.4)
+    _record(tmp_path, 3, 1200.0, 0.6, 0.3)
+    _record(tmp_path, 9, 6000.0, 0.0, 0.0)  # not a profile seed
+    ours = ours_baseline(tmp_path, [1, 2, 3])
+    assert sorted(ours["seeds"]) == [1, 3] and ours["seeds"][3]["train_minutes"] == 20.0
+    assert ours["mean"] == pytest.approx({"train_minutes": 15.0, "peoples_daily_f1": 0.55, "weibo_f1": 0.35})
 
 
 @pytest.mark.slow
 def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, data_dir: Path) -> None:
     params = load_profile("smoke") | {"data_dir": str(data_dir)}
     config = BenchConfig(matmul_size=128, extraction_sentences=8, inference_sentences=8, steps=2,
-                         variants=("baseline", "adv_att_pos"), peer_steps=2)
+                         variants=("baseline", "adv_att_pos"), peer_steps=3, peer_minutes=1e-6)
     lines: list[str] = []
     first = run_bench(params, config, out=tmp_path, log=lines.append)
     assert first["extraction"]["tokens"] > 0 and 0 < first["extraction"]["share_of_limit"]
     assert [r["variant"] for r in first["training"]] == ["baseline"]
     assert first["training_skipped"] == {"adv_att_pos": "no saved baseline to be its teacher"}
-    assert first["inference"]["sentences"] == 8 and first["peer"]["steps"] == 2
+    assert first["inference"]["sentences"] == 8
+    # stopped by the clock after its first step, its schedule planned over 3
+    assert first["peer"]["steps"] == 1 and first["peer"]["planned_steps"] == 3 and first["peer"]["stopped_by_clock"]
+    assert first["ours_baseline"] == {"seeds": {}, "mean": None}
     assert set(first["peer"]["scores"]) == {"peoples_daily_test", "weibo_test"}
     assert first["git"]["commit"] and first["versions"]["torch"]
     assert any(line.startswith("peer (HF Trainer)") for line in lines)
@@ -58,3 +107,6 @@ def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, 
                                   variants=("baseline",), peer_steps=0), out=tmp_path, log=lines.append)
     history = json.loads((tmp_path / "bench.json").read_text())
     assert len(history) == 2 and "peer" not in history[1]
+    with pytest.raises(ValueError, match="no baseline run"):
+        run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
+                                      variants=("baseline",), peer_steps=2, peer_minutes="ours"), out=tmp_path)

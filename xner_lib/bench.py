@@ -9,9 +9,11 @@
 * **fine-tuning**: seconds per step and sentences/s of each variant asked for (the loop's own clock);
 * **inference**: sentences/s of a trained tagger decoding People's Daily test sentences;
 * **the peer**: ``BertForTokenClassification`` over the same encoder weights fine-tuned by the Hugging Face
-  ``Trainer`` on the same CoNLL sentences, batch and CPU for a fixed number of steps (the first sub-word of
-  each word carries its label, as ``run_ner.py`` does): its steps/s, wall time and zero-shot strict F1 on
-  People's Daily and WeiboNER, scored by :func:`~xner_lib.evaluate.score_dataset` exactly as ours are;
+  ``Trainer`` on the same CoNLL sentences, batch and CPU for a fixed number of steps, or stopped after a wall
+  time (``peer_minutes``: ours, the mean training minutes of our made baseline seeds, so both are scored
+  after the same wall time; the first sub-word of each word carries its label, as ``run_ner.py`` does): its
+  steps/s, wall time and zero-shot strict F1 on People's Daily and WeiboNER, scored by
+  :func:`~xner_lib.evaluate.score_dataset` exactly as ours are, beside our baseline seeds' records;
 * the process's peak resident memory after each stage (``ru_maxrss``: a running maximum).
 
 Every figure is a measurement of this run; ``bench.json`` keeps the history of runs (each with its git commit
@@ -42,7 +44,9 @@ class BenchConfig:
     """What :func:`run_bench` measures and how much: ``matmul_size`` (square matrices of the limit),
     ``extraction_sentences`` and ``inference_sentences`` (the first of CoNLL train and People's Daily test),
     ``steps`` (at least 2) of each of ``variants`` (fine-tuning), ``peer_steps`` of the Hugging Face peer
-    (0: skip it)."""
+    (0: skip it; the length of its linear schedule), ``peer_minutes``: stop the peer after this many minutes of
+    training even if its steps are not done (None: run them all; ``"ours"``: the mean training minutes of our
+    baseline's made seeds, :func:`ours_baseline`)."""
 
     matmul_size: int = 1024
     extraction_sentences: int = 512
@@ -50,13 +54,15 @@ class BenchConfig:
     steps: int = 20
     variants: tuple[str, ...] = ("baseline", "adv_att_pos")
     peer_steps: int = 200
+    peer_minutes: float | str | None = None
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
         if min(self.matmul_size, self.extraction_sentences, self.inference_sentences) < 1 or self.peer_steps < 0 \
-                or self.steps < 2:
+                or self.steps < 2 or (self.peer_minutes is not None and self.peer_minutes != "ours"
+                                      and float(self.peer_minutes) <= 0):
             raise ValueError(f"bench sizes must be positive, steps >= 2 (a step is timed from the one before it), "
-                             f"peer_steps >= 0: {self}")
+                             f"peer_steps >= 0, peer_minutes > 0 when given: {self}")
 
 
 def peak_rss_mib() -> float:
@@ -202,11 +208,33 @@ def peer_predict(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[
     return out, cut
 
 
+def _wall_clock_stop(minutes: float) -> Any:
+    """A ``TrainerCallback`` that ends training at the first step end after ``minutes`` of wall time from the
+    start of training (its ``stopped_at_step`` is that step, or None when the steps ran out first)."""
+    from transformers import TrainerCallback
+
+    class WallClockStop(TrainerCallback):
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.stopped_at_step: int | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if time.perf_counter() - self.start >= 60 * minutes:
+                control.should_training_stop = True
+                self.stopped_at_step = state.global_step
+
+    return WallClockStop()
+
+
 def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Dataset], steps: int, batch_size: int,
-               lr: float, seed: int = 1) -> dict[str, Any]:
+               lr: float, seed: int = 1, minutes: float | None = None) -> dict[str, Any]:
     """The Hugging Face peer (module docstring): ``BertForTokenClassification`` over ``encoder_name``'s weights,
     ``Trainer`` for ``steps`` steps (linear schedule with a tenth of them as warm-up, AdamW, lr ``lr``) on
-    ``train_set``; its steps/s, wall time, and strict F1 of each of ``tests`` (views as ours)."""
+    ``train_set``, or until ``minutes`` of training wall time have passed (the schedule still planned over
+    ``steps``); its steps done, steps/s, wall time, and strict F1 of each of ``tests`` (views as ours)."""
     from transformers import BertForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
 
     from .data.labels import MODEL_LABELS
@@ -228,17 +256,39 @@ def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Datase
                                  learning_rate=lr, warmup_steps=max(1, steps // 10), weight_decay=0.01, seed=seed,
                                  report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True,
                                  dataloader_num_workers=0, disable_tqdm=True)
+        stop = _wall_clock_stop(minutes) if minutes is not None else None
         trainer = Trainer(model=model, args=args, train_dataset=rows,
-                          data_collator=DataCollatorForTokenClassification(encoder.tokenizer))
+                          data_collator=DataCollatorForTokenClassification(encoder.tokenizer),
+                          callbacks=[stop] if stop is not None else None)
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
+        done = trainer.state.global_step
     scores, cut = {}, {}
     for name, data in tests.items():
         pred, cut[name] = peer_predict(model, encoder.tokenizer, data, labels, encoder.max_length)
         scores[name] = score_dataset(data, pred)[primary_view(data.format)]["strict"]
-    return {"steps": steps, "batch_size": batch_size, "seconds": seconds, "steps_per_s": steps / seconds,
-            "scores": scores, "words_cut": cut, "peak_rss_mib": peak_rss_mib()}
+    return {"steps": done, "planned_steps": steps, "minutes_budget": minutes,
+            "stopped_by_clock": stop is not None and stop.stopped_at_step is not None, "batch_size": batch_size,
+            "seconds": seconds, "steps_per_s": done / seconds, "scores": scores, "words_cut": cut,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def ours_baseline(runs: Path, seeds: Sequence[int]) -> dict[str, Any]:
+    """Our fine-tuned baseline's made seeds among ``seeds`` (records ``runs/baseline-seed<s>/metrics.json``):
+    per seed its training minutes, steps and zero-shot strict F1 (People's Daily, Weibo NAM-only), and their
+    means (None when no seed is made)."""
+    rows = {}
+    for seed in seeds:
+        path = runs / f"baseline-seed{seed}" / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text(encoding="utf-8"))
+            rows[seed] = {"train_minutes": m["extra"]["seconds"]["train"] / 60, "steps": m["extra"].get("steps"),
+                          "peoples_daily_f1": m["scores"]["peoples_daily_test"]["peoples_daily"]["strict"]["f1"],
+                          "weibo_f1": m["scores"]["weibo_test"]["weibo_nam"]["strict"]["f1"]}
+    mean = {k: sum(r[k] for r in rows.values()) / len(rows) for k in ("train_minutes", "peoples_daily_f1",
+                                                                        "weibo_f1")} if rows else None
+    return {"seeds": rows, "mean": mean}
 
 
 def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Path | None = None,
@@ -253,6 +303,14 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
     from .train import TrainConfig
 
     out = out or results_dir(str(params["profile"]), params.get("results_root"))
+    ours = ours_baseline(out / "runs", [int(s) for s in params.get("seeds", [])])
+    minutes = config.peer_minutes
+    if minutes == "ours":
+        if ours["mean"] is None:
+            raise ValueError(f"peer_minutes 'ours': no baseline run of seeds {params.get('seeds')} "
+                             f"under {out / 'runs'}")
+        minutes = ours["mean"]["train_minutes"]
+    minutes = float(minutes) if minutes is not None else None
     threads = params.get("train_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -309,17 +367,15 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
                 for k in ("conll_train", "peoples_daily_test", "weibo_test")}
         peer = bench_peer(exp.encoder_name, data["conll_train"], {k: data[k] for k in ("peoples_daily_test",
                                                                                       "weibo_test")},
-                          config.peer_steps, batch, float(params["train_lr"]))
+                          config.peer_steps, batch, float(params["train_lr"]), minutes=minutes)
         record["peer"] = peer
-        log(f"peer (HF Trainer): {peer['steps_per_s']:.2f} steps/s; strict F1 after {peer['steps']} steps: "
-            + ", ".join(f"{k} {v['f1']:.4f}" for k, v in peer["scores"].items()))
-    ours = out / "runs" / "baseline-seed1" / "metrics.json"
-    if ours.is_file():
-        m = json.loads(ours.read_text(encoding="utf-8"))
-        record["ours_baseline_seed1"] = {
-            "train_minutes": m["extra"]["seconds"]["train"] / 60, "steps": m["extra"].get("steps"),
-            "peoples_daily_f1": m["scores"]["peoples_daily_test"]["peoples_daily"]["strict"]["f1"],
-            "weibo_f1": m["scores"]["weibo_test"]["weibo_nam"]["strict"]["f1"]}
+        log(f"peer (HF Trainer): {peer['steps_per_s']:.2f} steps/s; strict F1 after {peer['steps']} steps "
+            f"({peer['seconds'] / 60:.1f} min): " + ", ".join(f"{k} {v['f1']:.4f}" for k, v in peer["scores"].items()))
+    record["ours_baseline"] = ours
+    if ours["mean"] is not None:
+        log(f"ours (baseline, {len(ours['seeds'])} seed(s)): {ours['mean']['train_minutes']:.1f} min of training; "
+            f"strict F1 peoples_daily_test {ours['mean']['peoples_daily_f1']:.4f}, "
+            f"weibo_test {ours['mean']['weibo_f1']:.4f}")
     record["peak_rss_mib"] = peak_rss_mib()
     path = out / "bench.json"
     history = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []

@@ -129,6 +129,19 @@ def _preflight(args: argparse.Namespace) -> int:
     return 0
 
 
+def _minutes(value: str) -> float | str:
+    """An argparse type: a positive number of minutes, or ``ours``."""
+    if value == "ours":
+        return value
+    try:
+        m = float(value)
+    except ValueError:
+        m = 0.0
+    if not m > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes or 'ours', got {value!r}")
+    return m
+
+
 def _positive(value: str) -> int:
     """An argparse type: a positive integer."""
     try:
@@ -313,6 +326,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     config = BenchConfig(steps=args.steps, variants=tuple(args.variants), peer_steps=args.peer_steps,
+                         peer_minutes=args.peer_minutes,
                          extraction_sentences=args.sentences, inference_sentences=args.sentences)
     run_bench(params, config, teacher_dir=Path(args.teacher) if args.teacher else None,
               out=Path(args.out) if args.out else None)
@@ -400,6 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bn.add_argument("--variants", nargs="+", default=["baseline", "adv_att_pos"])
     bn.add_argument("--sentences", type=_positive, default=512, help="sentences for extraction and inference")
     bn.add_argument("--peer-steps", type=int, default=200, help="steps of the Hugging Face peer (0: skip it)")
+    bn.add_argument("--peer-minutes", default=None, type=_minutes, metavar="M|ours",
+                    help="stop the peer after M minutes of training (its schedule still planned over --peer-steps); "
+                    "'ours': the mean training minutes of our baseline's made seeds, so both are scored after the "
+                    "same wall time")
     bn.add_argument("--teacher", default=None, metavar="DIR",
                     help="a saved baseline for the transfer variants (default: checkpoints/baseline-seed1)")
     bn.add_argument("--out", default=None, metavar="DIR", help="where bench.json goes (default: results/<profile>)")

@@ -311,10 +311,32 @@ def render(g: Gathered, profile: str) -> str:
         if not steps.empty:
             lines += ["", _markdown(steps[[c for c in ("variant", "seconds_per_step", "sentences_per_s",
                                                        "ratio_to_first") if c in steps]].round(3))]
+        lines += _peer_lines(b)
     if g.figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in g.figures]
     return "\n".join(lines) + "\n"
+
+
+def _peer_lines(bench: dict[str, Any]) -> list[str]:
+    """The bench's Hugging Face peer beside our baseline (issue 15): steps, minutes and zero-shot strict F1 of
+    each; nothing when the bench ran no peer."""
+    peer = bench.get("peer")
+    if not peer:
+        return []
+    scores = peer.get("scores", {})
+    how = (f"stopped by the clock at {peer['minutes_budget']:.1f} min" if peer.get("stopped_by_clock")
+           else f"all {peer.get('planned_steps', peer['steps'])} planned steps")
+    text = (f"Peer (Hugging Face `Trainer`, `BertForTokenClassification` over the same encoder): {peer['steps']} "
+            f"steps in {peer['seconds'] / 60:.1f} min ({how}), {peer['steps_per_s']:.2f} steps/s; zero-shot strict F1 "
+            f"People's Daily {scores.get('peoples_daily_test', {}).get('f1', math.nan):.4f}, "
+            f"Weibo {scores.get('weibo_test', {}).get('f1', math.nan):.4f}.")
+    mean = (bench.get("ours_baseline") or {}).get("mean")
+    if mean:
+        text += (f" Ours (the baseline, mean of {len(bench['ours_baseline']['seeds'])} seeds): "
+                 f"{mean['train_minutes']:.1f} min of training, People's Daily {mean['peoples_daily_f1']:.4f}, "
+                 f"Weibo {mean['weibo_f1']:.4f}.")
+    return ["", text]
 
 
 def write_report(out: str | Path, profile: str) -> Path:
