@@ -119,6 +119,31 @@ def test_freeze_embeddings_keeps_the_word_table_and_trains_the_rest() -> None:
     assert not torch.equal(enc.model.encoder.layer[0].attention.self.query.weight, layer)
 
 
+def test_freezing_the_embedding_layer_and_lower_layers_stops_the_backward_pass_below_them() -> None:
+    torch.set_num_threads(1)
+    data = _toy(16, "en")
+    seen: dict[bool, list[bool]] = {}
+    for whole in (False, True):
+        enc = load_encoder("tiny-random-bert")
+        emb = {k: v.detach().clone() for k, v in enc.model.embeddings.state_dict().items()}
+        layers = enc.model.encoder.layer
+        low, high = (layers[i].attention.self.query.weight.detach().clone() for i in (0, 1))
+        seen[whole] = []
+        layers[0].register_forward_hook(lambda m, i, o, out=seen[whole]: out.append(o[0].requires_grad)
+                                        if m.training else None)  # training steps, not the dev evaluations
+        cfg = TrainConfig(encoder="tiny-random-bert", epochs=1, batch_size=8, lr=1e-3, freeze_embeddings=True,
+                          freeze_layers=1, freeze_embedding_layer=whole)
+        train(cfg, enc, prepare(data, enc, frozen=False), prepare(data, enc, frozen=False), progress=False)
+        after = enc.model.embeddings.state_dict()
+        assert torch.equal(after["word_embeddings.weight"], emb["word_embeddings.weight"])
+        moved = [k for k in emb if not torch.equal(after[k], emb[k])]
+        assert (moved == []) if whole else ("position_embeddings.weight" in moved)
+        assert torch.equal(layers[0].attention.self.query.weight, low)
+        assert not torch.equal(layers[1].attention.self.query.weight, high)
+    # in training, the frozen layer's output needs a gradient only while a trained embedding lies below it
+    assert seen[False] and all(seen[False]) and seen[True] and not any(seen[True])
+
+
 def _misc_toy(n: int) -> Dataset:
     """The toy corpus with a MISC word ('German') in every sentence."""
     base = _toy(n, "en")

@@ -338,14 +338,22 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def build_tagger(head_config: HeadConfig, encoder: Encoder, *, finetune: bool, freeze_embeddings: bool = False,
-                 freeze_layers: int = 0, mapping: Tensor | None = None) -> Tagger:
+                 freeze_layers: int = 0, mapping: Tensor | None = None,
+                 freeze_embedding_layer: bool = False) -> Tagger:
     """A tagger with a new head (``head_config``) over ``encoder`` (fine-tuned: the encoder is part of the
     model; else frozen, fed cached features). ``freeze_embeddings`` and ``freeze_layers`` keep the word
-    embeddings and the lowest transformer layers of a fine-tuned encoder fixed. ``mapping``: the initial
-    ``U`` of eq. 2 (``[H, H]``), for a tagger that maps English unit vectors (None: no mapping)."""
+    embeddings and the lowest transformer layers of a fine-tuned encoder fixed; ``freeze_embedding_layer`` the
+    whole embedding layer (word, position and token-type tables and its LayerNorm), as Wu and Dredze (2019)
+    froze it, so that with ``freeze_layers`` no gradient flows below the first trained layer. ``mapping``: the
+    initial ``U`` of eq. 2 (``[H, H]``), for a tagger that maps English unit vectors (None: no mapping)."""
     head = BiLstmCrfHead(head_config)
     if finetune and freeze_embeddings:
         encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if finetune and freeze_embedding_layer:
+        embeddings = getattr(encoder.model, "embeddings", None)
+        if not isinstance(embeddings, nn.Module):
+            raise ValueError(f"{type(encoder.model).__name__}: no embeddings module to freeze")
+        embeddings.requires_grad_(False)
     if finetune and freeze_layers:
         layers = encoder_layers(encoder.model)
         if freeze_layers > len(layers):

@@ -78,6 +78,9 @@ class TrainConfig:
     gives one rate; see docs/method.md). ``freeze_embeddings`` keeps the encoder's word-embedding table
     fixed while the rest fine-tunes (on CPU it removes most of the optimizer's work: e5-small's table
     holds 96M of its 117M parameters, and rows of pieces unseen in English get no gradient anyway).
+    ``freeze_layers`` keeps the lowest transformer layers fixed, ``freeze_embedding_layer`` the whole embedding
+    layer (word, position and token-type tables, LayerNorm: Wu and Dredze 2019's setting), so that the backward
+    pass stops at the first trained layer.
     ``max_sentences`` keeps the first training sentences only
     (smoke). ``evals_per_epoch`` CoNLL-dev evaluations pick the kept weights.
 
@@ -117,6 +120,7 @@ class TrainConfig:
     evals_per_epoch: int = 2
     patience: int | None = None
     freeze_layers: int = 0
+    freeze_embedding_layer: bool = False
     misc_class: bool = True
     eval_batch_size: int = 64
     max_sentences: int | None = None
@@ -186,7 +190,8 @@ class TrainConfig:
 #: does not orphan the runs made before it; any other value is part of the key.
 #: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
 KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "self_training": {},
-                               "translate_train": {}, "device": "cpu", "precision": "auto"}
+                               "translate_train": {}, "device": "cpu", "precision": "auto",
+                               "freeze_embedding_layer": False}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -342,7 +347,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     if adv is not None:
         init_map = mapping if mapping is not None else torch.eye(encoder.hidden_size)
     tagger = to_device(build_tagger(head_cfg, encoder, finetune=cfg.finetune, freeze_embeddings=cfg.freeze_embeddings,
-                                    freeze_layers=cfg.freeze_layers, mapping=init_map), device)
+                                    freeze_layers=cfg.freeze_layers, mapping=init_map,
+                                    freeze_embedding_layer=cfg.freeze_embedding_layer), device)
     tagger.teacher = teacher
     adversary = Adversary(adv, encoder.hidden_size, cfg.seed, device=device) if adv is not None else None
     for name, data in (("train_data", train_data), ("rendered", rendered), ("target", target),
