@@ -110,3 +110,35 @@ def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, 
     with pytest.raises(ValueError, match="no baseline run"):
         run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
                                       variants=("baseline",), peer_steps=2, peer_minutes="ours"), out=tmp_path)
+
+
+def test_chinese_characters_take_the_tag_of_their_piece_and_continue_its_entity() -> None:
+    from xner_lib.bench import piece_tags_to_tokens
+
+    # pieces: 0 = "北京" (B-LOC), 1 = "人" (O), 2 = "毛泽" (B-PER), 3 = "东" (I-PER); the last character cut off
+    assert piece_tags_to_tokens([0, 0, 1, 2, 2, 3, None, 9], ["B-LOC", "O", "B-PER", "I-PER"]) == [
+        "B-LOC", "I-LOC", "O", "B-PER", "I-PER", "I-PER", "O", "O"]
+    assert piece_tags_to_tokens([0, 0], ["O"]) == ["O", "O"]
+
+
+def test_the_peer_reads_chinese_as_a_string_one_tag_per_character(tmp_path: Path) -> None:
+    from transformers import BertForTokenClassification
+
+    from xner_lib.bench import peer_predict
+    from xner_lib.data import Dataset, Sentence
+    from xner_lib.units import encode_sentences
+
+    enc = load_encoder("tiny-random-bert")
+    chars = list("上司会以为你不尊重他")
+    data = Dataset("toy", "test", "peoples_daily", tmp_path / "toy.txt", [Sentence(chars, ["O"] * len(chars), list(range(1, 11)))])
+    labels = ["O", "B-PER", "I-PER"]
+    cfg = enc.model.config.__class__.from_dict({**enc.model.config.to_dict(), "num_labels": 3})
+    model = BertForTokenClassification(cfg)
+    tags, cut = peer_predict(model, enc.tokenizer, data, labels, 64)
+    assert len(tags) == 1 and len(tags[0]) == len(chars) and cut == 0
+    pieces = encode_sentences(enc.tokenizer, data.sentences, "zh", zh_units="char")[0]
+    assert not any(t.startswith("B-") and i > 0 and pieces.unit_pos[i] == pieces.unit_pos[i - 1]
+                   for i, t in enumerate(tags[0]))  # a piece's later characters never start an entity
+    short, cut = peer_predict(model, enc.tokenizer, data, labels, 5)  # 3 pieces fit
+    assert len(short[0]) == len(chars) and cut == sum(p >= 3 for p in pieces.unit_pos) > 0
+    assert all(t == "O" for t, p in zip(short[0], pieces.unit_pos, strict=True) if p >= 3)

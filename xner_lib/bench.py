@@ -180,12 +180,68 @@ def _peer_features(tokenizer: Any, sentences: Sequence[Sequence[str]], labels: S
     return rows, word_ids
 
 
-def peer_predict(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[str], max_length: int,
-                 batch_size: int = 32) -> tuple[list[list[str]], int]:
-    """The peer's tag per word of ``dataset`` (arg-max at each word's first piece); words cut off by
+def piece_tags_to_tokens(piece_of_token: Sequence[int | None], piece_tags: Sequence[str]) -> list[str]:
+    """Tags of a sentence's tokens from the tags of the pieces covering them (``piece_of_token[t]``; None or a
+    piece past ``piece_tags``: cut off, tagged O): a token takes its piece's tag, except that a later token of
+    the same piece continues the entity its first token began (``B-X`` becomes ``I-X``)."""
+    out: list[str] = []
+    prev: int | None = None
+    for p in piece_of_token:
+        if p is None or p >= len(piece_tags):
+            out.append("O")
+            prev = None
+            continue
+        tag = piece_tags[p]
+        out.append("I-" + tag[2:] if p == prev and tag.startswith("B-") else tag)
+        prev = p
+    return out
+
+
+def _peer_predict_zh(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[str], max_length: int,
+                     batch_size: int) -> tuple[list[list[str]], int]:
+    """The peer on Chinese: each sentence's characters tokenised as one string (the pieces the encoder was
+    trained on; as words split with ``is_split_into_words``, every character would get its own word-start
+    piece), through the same unit code as ours (:func:`~xner_lib.units.encode_sentences`, ``char`` units); each
+    character takes the arg-max tag of the piece covering it (:func:`piece_tags_to_tokens`). Characters past
     ``max_length`` are tagged O and counted (second value)."""
     from transformers import DataCollatorWithPadding
 
+    from .features import framing_ids
+    from .units import encode_sentences
+
+    encoded = encode_sentences(tokenizer, dataset.sentences, "zh", zh_units="char")
+    cls, sep, _ = framing_ids(tokenizer)
+    rows = [{"input_ids": [cls, *e.input_ids[:max_length - 2], sep]} for e in encoded]
+    for r in rows:
+        r["attention_mask"] = [1] * len(r["input_ids"])
+    collate = DataCollatorWithPadding(tokenizer)
+    out: list[list[str]] = []
+    cut = 0
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(rows), batch_size):
+            pred = model(**collate(rows[b:b + batch_size])).logits.argmax(-1).tolist()
+            for i, e in enumerate(encoded[b:b + batch_size]):
+                n = len(rows[b + i]["input_ids"]) - 2
+                piece_tags = [labels[k] for k in pred[i][1:n + 1]]  # past [CLS], up to [SEP]
+                tags = piece_tags_to_tokens(e.unit_pos, piece_tags)
+                if len(tags) != len(dataset.sentences[b + i]):
+                    raise ValueError(f"{dataset.path}: sentence {b + i}: {len(tags)} tags for "
+                                     f"{len(dataset.sentences[b + i])} characters")
+                cut += sum(p >= n for p in e.unit_pos)
+                out.append(tags)
+    return out, cut
+
+
+def peer_predict(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[str], max_length: int,
+                 batch_size: int = 32) -> tuple[list[list[str]], int]:
+    """The peer's tag per token of ``dataset`` (English: arg-max at each word's first piece, words split as
+    ``run_ner.py`` splits them; Chinese: :func:`_peer_predict_zh`); tokens cut off by ``max_length`` are tagged
+    O and counted (second value)."""
+    from transformers import DataCollatorWithPadding
+
+    if dataset.language == "zh":
+        return _peer_predict_zh(model, tokenizer, dataset, labels, max_length, batch_size)
     rows, word_ids = _peer_features(tokenizer, [s.tokens for s in dataset.sentences], None, {}, max_length)
     collate = DataCollatorWithPadding(tokenizer)
     out: list[list[str]] = []

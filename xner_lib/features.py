@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,13 +78,19 @@ def assign_windows(positions: Sequence[int], windows: Sequence[tuple[int, int]])
     return out
 
 
-def _special_ids(encoder: Encoder) -> tuple[int, int, int]:
-    tok = encoder.tokenizer
-    cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
-    sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+def framing_ids(tokenizer: Any, name: str = "") -> tuple[int, int, int]:
+    """The ids that frame a window, ``[CLS] pieces [SEP]`` (``<s> pieces </s>`` for XLM-R-style tokenizers), and
+    the padding id."""
+    cls = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if cls is None or sep is None:
-        raise ValueError(f"{encoder.name}: the tokenizer has no cls/bos or sep/eos token to frame windows")
-    return int(cls), int(sep), int(tok.pad_token_id)
+        raise ValueError(f"{name or type(tokenizer).__name__}: the tokenizer has no cls/bos or sep/eos token to "
+                         "frame windows")
+    return int(cls), int(sep), int(tokenizer.pad_token_id)
+
+
+def _special_ids(encoder: Encoder) -> tuple[int, int, int]:
+    return framing_ids(encoder.tokenizer, encoder.name)
 
 
 def _plan(encoder: Encoder, batch: Sequence[EncodedSentence], stride: int | None
