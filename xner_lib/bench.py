@@ -12,7 +12,8 @@
   ``Trainer`` on the same CoNLL sentences, batch and CPU for a fixed number of steps, or stopped after a wall
   time (``peer_minutes``: ours, the mean training minutes of our made baseline seeds, so both are scored
   after the same wall time; the first sub-word of each word carries its label, as ``run_ner.py`` does): its
-  steps/s, wall time and zero-shot strict F1 on People's Daily and WeiboNER, scored by
+  steps/s, wall time and zero-shot strict F1 on People's Daily and WeiboNER (read as one string per
+  sentence, each character tagged by the piece that covers it: :func:`_peer_predict_zh`), scored by
   :func:`~xner_lib.evaluate.score_dataset` exactly as ours are, beside our baseline seeds' records;
 * the process's peak resident memory after each stage (``ru_maxrss``: a running maximum).
 
