@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from xner_lib.bench import (
     BenchConfig,
@@ -46,7 +47,7 @@ def test_matmul_limit_is_a_positive_rate_and_one_timed_step_is_refused() -> None
     assert 0 < matmul_gflops(128, seconds=0.05) < 1e5
     with pytest.raises(ValueError, match="steps >= 2"):
         BenchConfig(steps=1)
-    for bad in (0, -1.0, "soon"):
+    for bad in (0, -1.0, float("nan"), "soon"):
         with pytest.raises(ValueError):
             BenchConfig(peer_minutes=bad)
     assert BenchConfig(peer_minutes="ours").peer_minutes == "ours"
@@ -122,23 +123,27 @@ def test_chinese_characters_take_the_tag_of_their_piece_and_continue_its_entity(
 
 
 def test_the_peer_reads_chinese_as_a_string_one_tag_per_character(tmp_path: Path) -> None:
-    from transformers import BertForTokenClassification
+    from types import SimpleNamespace
 
     from xner_lib.bench import peer_predict
     from xner_lib.data import Dataset, Sentence
     from xner_lib.units import encode_sentences
 
+    class PositionModel(torch.nn.Module):
+        """Arg-max label at input position j: j mod 3, so each character's tag names the position it was read at."""
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+            j = torch.arange(input_ids.shape[1]).expand(input_ids.shape[0], -1)
+            return SimpleNamespace(logits=torch.nn.functional.one_hot(j % 3, 3).float())
+
     enc = load_encoder("tiny-random-bert")
     chars = list("上司会以为你不尊重他")
-    data = Dataset("toy", "test", "peoples_daily", tmp_path / "toy.txt", [Sentence(chars, ["O"] * len(chars), list(range(1, 11)))])
+    sentence = Sentence(chars, ["O"] * len(chars), list(range(1, len(chars) + 1)))
+    data = Dataset("toy", "test", "peoples_daily", tmp_path / "toy.txt", [sentence])
     labels = ["O", "B-PER", "I-PER"]
-    cfg = enc.model.config.__class__.from_dict({**enc.model.config.to_dict(), "num_labels": 3})
-    model = BertForTokenClassification(cfg)
-    tags, cut = peer_predict(model, enc.tokenizer, data, labels, 64)
-    assert len(tags) == 1 and len(tags[0]) == len(chars) and cut == 0
-    pieces = encode_sentences(enc.tokenizer, data.sentences, "zh", zh_units="char")[0]
-    assert not any(t.startswith("B-") and i > 0 and pieces.unit_pos[i] == pieces.unit_pos[i - 1]
-                   for i, t in enumerate(tags[0]))  # a piece's later characters never start an entity
-    short, cut = peer_predict(model, enc.tokenizer, data, labels, 5)  # 3 pieces fit
-    assert len(short[0]) == len(chars) and cut == sum(p >= 3 for p in pieces.unit_pos) > 0
-    assert all(t == "O" for t, p in zip(short[0], pieces.unit_pos, strict=True) if p >= 3)
+    pos = encode_sentences(enc.tokenizer, data.sentences, "zh", zh_units="char")[0].unit_pos
+    tags, cut = peer_predict(PositionModel(), enc.tokenizer, data, labels, 64)
+    assert cut == 0 and tags[0] == [labels[(p + 1) % 3] for p in pos]  # piece p sits at p + 1, after [CLS]
+    short, cut = peer_predict(PositionModel(), enc.tokenizer, data, labels, 5)  # [CLS], 3 pieces, [SEP]
+    assert cut == sum(p >= 3 for p in pos) > 0
+    assert short[0] == [labels[(p + 1) % 3] if p < 3 else "O" for p in pos]

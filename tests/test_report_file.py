@@ -154,15 +154,16 @@ def test_selection_readings_state_each_candidate_against_the_threshold_and_the_o
 def test_report_puts_the_latest_bench_peer_beside_our_baseline(tmp_path: Path) -> None:
     peer = {"steps": 1130, "planned_steps": 2634, "minutes_budget": 26.5, "stopped_by_clock": True, "seconds": 1593.0,
             "steps_per_s": 0.709, "scores": {"peoples_daily_test": {"f1": 0.4123}, "weibo_test": {"f1": 0.3012}}}
-    ours = {"seeds": {"1": {}, "2": {}}, "mean": {"train_minutes": 26.5, "peoples_daily_f1": 0.5003,
-                                                  "weibo_f1": 0.4343}}
+    ours = {"seeds": {"4": {"train_minutes": 24.5}, "6": {"train_minutes": 28.5}},
+            "mean": {"train_minutes": 26.5, "peoples_daily_f1": 0.5003, "weibo_f1": 0.4343}}
     history = [{"timestamp_utc": "old", "peer": {**peer, "steps": 200}},
                {"timestamp_utc": "new", "threads": 2, "matmul_gflops": 170.0, "peak_rss_mib": 4096.0,
                 "extraction": {"tokens_per_s": 1200.0, "share_of_limit": 0.5}, "peer": peer, "ours_baseline": ours}]
     (tmp_path / "bench.json").write_text(json.dumps(history))
     text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
     assert ("1130 steps in 26.6 min (stopped by the clock at 26.5 min), 0.71 steps/s; zero-shot strict F1 "
-            "People's Daily 0.4123, Weibo 0.3012. Ours (the baseline, mean of 2 seeds): 26.5 min of training, "
+            "People's Daily 0.4123, Weibo 0.3012. Ours (the baseline, mean of seeds 4, 6; 24.5-28.5 min each): "
+            "26.5 min of training, "
             "People's Daily 0.5003, Weibo 0.4343.") in text
     history[1].pop("peer")
     (tmp_path / "bench.json").write_text(json.dumps(history))

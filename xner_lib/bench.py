@@ -47,7 +47,9 @@ class BenchConfig:
     ``steps`` (at least 2) of each of ``variants`` (fine-tuning), ``peer_steps`` of the Hugging Face peer
     (0: skip it; the length of its linear schedule), ``peer_minutes``: stop the peer after this many minutes of
     training even if its steps are not done (None: run them all; ``"ours"``: the mean training minutes of our
-    baseline's made seeds, :func:`ours_baseline`)."""
+    baseline's made seeds, :func:`ours_baseline`); ``ours_seeds``: the seeds of our baseline put beside the peer
+    and averaged for ``"ours"`` (None: the profile's ``seeds``; give the seeds made on the bench's machine, since
+    minutes from another machine compare nothing)."""
 
     matmul_size: int = 1024
     extraction_sentences: int = 512
@@ -56,12 +58,15 @@ class BenchConfig:
     variants: tuple[str, ...] = ("baseline", "adv_att_pos")
     peer_steps: int = 200
     peer_minutes: float | str | None = None
+    ours_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
+        if self.ours_seeds is not None:
+            self.ours_seeds = tuple(int(s) for s in self.ours_seeds)
         if min(self.matmul_size, self.extraction_sentences, self.inference_sentences) < 1 or self.peer_steps < 0 \
                 or self.steps < 2 or (self.peer_minutes is not None and self.peer_minutes != "ours"
-                                      and float(self.peer_minutes) <= 0):
+                                      and not float(self.peer_minutes) > 0):
             raise ValueError(f"bench sizes must be positive, steps >= 2 (a step is timed from the one before it), "
                              f"peer_steps >= 0, peer_minutes > 0 when given: {self}")
 
@@ -326,7 +331,8 @@ def bench_peer(encoder_name: str, train_set: Dataset, tests: Mapping[str, Datase
         pred, cut[name] = peer_predict(model, encoder.tokenizer, data, labels, encoder.max_length)
         scores[name] = score_dataset(data, pred)[primary_view(data.format)]["strict"]
     return {"steps": done, "planned_steps": steps, "minutes_budget": minutes,
-            "stopped_by_clock": stop is not None and stop.stopped_at_step is not None, "batch_size": batch_size,
+            "stopped_by_clock": stop is not None and stop.stopped_at_step is not None and done < steps,
+            "batch_size": batch_size,
             "seconds": seconds, "steps_per_s": done / seconds, "scores": scores, "words_cut": cut,
             "peak_rss_mib": peak_rss_mib()}
 
@@ -360,11 +366,12 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
     from .train import TrainConfig
 
     out = out or results_dir(str(params["profile"]), params.get("results_root"))
-    ours = ours_baseline(out / "runs", [int(s) for s in params.get("seeds", [])])
-    minutes = config.peer_minutes
+    seeds = list(config.ours_seeds) if config.ours_seeds is not None else [int(s) for s in params.get("seeds", [])]
+    ours = ours_baseline(out / "runs", seeds)
+    minutes = config.peer_minutes if config.peer_steps else None
     if minutes == "ours":
         if ours["mean"] is None:
-            raise ValueError(f"peer_minutes 'ours': no baseline run of seeds {params.get('seeds')} "
+            raise ValueError(f"peer_minutes 'ours': no baseline run of seeds {seeds} "
                              f"under {out / 'runs'}")
         minutes = ours["mean"]["train_minutes"]
     minutes = float(minutes) if minutes is not None else None

@@ -326,7 +326,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     config = BenchConfig(steps=args.steps, variants=tuple(args.variants), peer_steps=args.peer_steps,
-                         peer_minutes=args.peer_minutes,
+                         peer_minutes=args.peer_minutes, ours_seeds=tuple(args.ours_seeds) if args.ours_seeds else None,
                          extraction_sentences=args.sentences, inference_sentences=args.sentences)
     run_bench(params, config, teacher_dir=Path(args.teacher) if args.teacher else None,
               out=Path(args.out) if args.out else None)
@@ -418,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="stop the peer after M minutes of training (its schedule still planned over --peer-steps); "
                     "'ours': the mean training minutes of our baseline's made seeds, so both are scored after the "
                     "same wall time")
+    bn.add_argument("--ours-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                    help="our baseline seeds put beside the peer and averaged by --peer-minutes ours (default: the "
+                    "profile's seeds); give those made on this machine")
     bn.add_argument("--teacher", default=None, metavar="DIR",
                     help="a saved baseline for the transfer variants (default: checkpoints/baseline-seed1)")
     bn.add_argument("--out", default=None, metavar="DIR", help="where bench.json goes (default: results/<profile>)")

@@ -331,9 +331,12 @@ def _peer_lines(bench: dict[str, Any]) -> list[str]:
             f"steps in {peer['seconds'] / 60:.1f} min ({how}), {peer['steps_per_s']:.2f} steps/s; zero-shot strict F1 "
             f"People's Daily {scores.get('peoples_daily_test', {}).get('f1', math.nan):.4f}, "
             f"Weibo {scores.get('weibo_test', {}).get('f1', math.nan):.4f}.")
-    mean = (bench.get("ours_baseline") or {}).get("mean")
+    ours = bench.get("ours_baseline") or {}
+    mean = ours.get("mean")
     if mean:
-        text += (f" Ours (the baseline, mean of {len(bench['ours_baseline']['seeds'])} seeds): "
+        minutes = [float(r["train_minutes"]) for r in ours["seeds"].values()]
+        text += (f" Ours (the baseline, mean of seeds {', '.join(str(s) for s in ours['seeds'])}; "
+                 f"{min(minutes):.1f}-{max(minutes):.1f} min each): "
                  f"{mean['train_minutes']:.1f} min of training, People's Daily {mean['peoples_daily_f1']:.4f}, "
                  f"Weibo {mean['weibo_f1']:.4f}.")
     return ["", text]
