@@ -165,6 +165,11 @@ def test_report_puts_the_latest_bench_peer_beside_our_baseline(tmp_path: Path) -
             "People's Daily 0.4123, Weibo 0.3012. Ours (the baseline, mean of seeds 4, 6; 24.5-28.5 min each): "
             "26.5 min of training, "
             "People's Daily 0.5003, Weibo 0.4343.") in text
-    history[1].pop("peer")
+    history.append({"timestamp_utc": "newest", "threads": 2, "matmul_gflops": 170.0, "peak_rss_mib": 4096.0,
+                    "extraction": {"tokens_per_s": 1200.0, "share_of_limit": 0.5}})  # a bench without the peer
     (tmp_path / "bench.json").write_text(json.dumps(history))
-    assert "Peer (" not in write_report(tmp_path, "toy").read_text(encoding="utf-8")
+    text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
+    assert "Bench (`bench.json`, newest, 2 threads)" in text and "Peer (bench of new) (Hugging Face" in text
+    assert "1130 steps in 26.6 min" in text
+    (tmp_path / "bench.json").write_text(json.dumps([history[0] | {"peer": None}, history[2]]))
+    assert "Peer" not in write_report(tmp_path, "toy").read_text(encoding="utf-8")

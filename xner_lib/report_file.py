@@ -87,6 +87,7 @@ class Gathered:
     missing: dict[str, str] = field(default_factory=dict)
     notebooks: dict[str, dict[str, Any]] = field(default_factory=dict)
     bench: dict[str, Any] | None = None
+    peer_bench: dict[str, Any] | None = None  # the latest bench that ran the peer (a bench may skip it)
 
 
 def gather(out: str | Path) -> Gathered:
@@ -111,6 +112,7 @@ def gather(out: str | Path) -> Gathered:
     if bench.is_file():
         history = json.loads(bench.read_text(encoding="utf-8"))
         g.bench = history[-1] if history else None
+        g.peer_bench = next((r for r in reversed(history) if r.get("peer")), None)
     return g
 
 
@@ -311,14 +313,16 @@ def render(g: Gathered, profile: str) -> str:
         if not steps.empty:
             lines += ["", _markdown(steps[[c for c in ("variant", "seconds_per_step", "sentences_per_s",
                                                        "ratio_to_first") if c in steps]].round(3))]
-        lines += _peer_lines(b)
+    if g.peer_bench is not None:
+        when = "" if g.peer_bench is g.bench else f" (bench of {g.peer_bench.get('timestamp_utc')})"
+        lines += _peer_lines(g.peer_bench, when)
     if g.figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in g.figures]
     return "\n".join(lines) + "\n"
 
 
-def _peer_lines(bench: dict[str, Any]) -> list[str]:
+def _peer_lines(bench: dict[str, Any], when: str = "") -> list[str]:
     """The bench's Hugging Face peer beside our baseline (issue 15): steps, minutes and zero-shot strict F1 of
     each; nothing when the bench ran no peer."""
     peer = bench.get("peer")
@@ -327,7 +331,7 @@ def _peer_lines(bench: dict[str, Any]) -> list[str]:
     scores = peer.get("scores", {})
     how = (f"stopped by the clock at {peer['minutes_budget']:.1f} min" if peer.get("stopped_by_clock")
            else f"all {peer.get('planned_steps', peer['steps'])} planned steps")
-    text = (f"Peer (Hugging Face `Trainer`, `BertForTokenClassification` over the same encoder): {peer['steps']} "
+    text = (f"Peer{when} (Hugging Face `Trainer`, `BertForTokenClassification` over the same encoder): {peer['steps']} "
             f"steps in {peer['seconds'] / 60:.1f} min ({how}), {peer['steps_per_s']:.2f} steps/s; zero-shot strict F1 "
             f"People's Daily {scores.get('peoples_daily_test', {}).get('f1', math.nan):.4f}, "
             f"Weibo {scores.get('weibo_test', {}).get('f1', math.nan):.4f}.")
