@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,19 @@ def piece_tags_to_tokens(piece_of_token: Sequence[int | None], piece_tags: Seque
     return out
 
 
+def _argmax_rows(model: Any, tokenizer: Any, rows: Sequence[dict[str, list[int]]], batch_size: int
+                 ) -> Iterator[list[int]]:
+    """The peer's arg-max label id at every position of each of ``rows`` (``input_ids``, ``attention_mask``), in
+    order: batches padded by the tokenizer's collator, eval mode, no autograd."""
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(rows), batch_size):
+            yield from model(**collate(list(rows[b:b + batch_size]))).logits.argmax(-1).tolist()
+
+
 def _peer_predict_zh(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[str], max_length: int,
                      batch_size: int) -> tuple[list[list[str]], int]:
     """The peer on Chinese: each sentence's characters tokenised as one string (the pieces the encoder was
@@ -210,8 +223,6 @@ def _peer_predict_zh(model: Any, tokenizer: Any, dataset: Dataset, labels: Seque
     piece), through the same unit code as ours (:func:`~xner_lib.units.encode_sentences`, ``char`` units); each
     character takes the arg-max tag of the piece covering it (:func:`piece_tags_to_tokens`). Characters past
     ``max_length`` are tagged O and counted (second value)."""
-    from transformers import DataCollatorWithPadding
-
     from .features import framing_ids
     from .units import encode_sentences
 
@@ -220,22 +231,16 @@ def _peer_predict_zh(model: Any, tokenizer: Any, dataset: Dataset, labels: Seque
     rows = [{"input_ids": [cls, *e.input_ids[:max_length - 2], sep]} for e in encoded]
     for r in rows:
         r["attention_mask"] = [1] * len(r["input_ids"])
-    collate = DataCollatorWithPadding(tokenizer)
     out: list[list[str]] = []
     cut = 0
-    model.eval()
-    with torch.inference_mode():
-        for b in range(0, len(rows), batch_size):
-            pred = model(**collate(rows[b:b + batch_size])).logits.argmax(-1).tolist()
-            for i, e in enumerate(encoded[b:b + batch_size]):
-                n = len(rows[b + i]["input_ids"]) - 2
-                piece_tags = [labels[k] for k in pred[i][1:n + 1]]  # past [CLS], up to [SEP]
-                tags = piece_tags_to_tokens(e.unit_pos, piece_tags)
-                if len(tags) != len(dataset.sentences[b + i]):
-                    raise ValueError(f"{dataset.path}: sentence {b + i}: {len(tags)} tags for "
-                                     f"{len(dataset.sentences[b + i])} characters")
-                cut += sum(p >= n for p in e.unit_pos)
-                out.append(tags)
+    for k, (e, pred) in enumerate(zip(encoded, _argmax_rows(model, tokenizer, rows, batch_size), strict=True)):
+        n = len(rows[k]["input_ids"]) - 2
+        tags = piece_tags_to_tokens(e.unit_pos, [labels[i] for i in pred[1:n + 1]])  # past [CLS], up to [SEP]
+        if len(tags) != len(dataset.sentences[k]):
+            raise ValueError(f"{dataset.path}: sentence {k}: {len(tags)} tags for "
+                             f"{len(dataset.sentences[k])} characters")
+        cut += sum(p >= n for p in e.unit_pos)
+        out.append(tags)
     return out, cut
 
 
@@ -244,29 +249,21 @@ def peer_predict(model: Any, tokenizer: Any, dataset: Dataset, labels: Sequence[
     """The peer's tag per token of ``dataset`` (English: arg-max at each word's first piece, words split as
     ``run_ner.py`` splits them; Chinese: :func:`_peer_predict_zh`); tokens cut off by ``max_length`` are tagged
     O and counted (second value)."""
-    from transformers import DataCollatorWithPadding
-
     if dataset.language == "zh":
         return _peer_predict_zh(model, tokenizer, dataset, labels, max_length, batch_size)
     rows, word_ids = _peer_features(tokenizer, [s.tokens for s in dataset.sentences], None, {}, max_length)
-    collate = DataCollatorWithPadding(tokenizer)
     out: list[list[str]] = []
     cut = 0
-    model.eval()
-    with torch.inference_mode():
-        for b in range(0, len(rows), batch_size):
-            batch = collate(rows[b:b + batch_size])
-            pred = model(**batch).logits.argmax(-1).tolist()
-            for i, wid in enumerate(word_ids[b:b + batch_size]):
-                n = len(dataset.sentences[b + i])
-                tags = ["O"] * n
-                seen: set[int] = set()
-                for p, w in enumerate(wid):
-                    if w is not None and w not in seen:
-                        seen.add(w)
-                        tags[w] = labels[pred[i][p]]
-                cut += n - len(seen)
-                out.append(tags)
+    for k, (wid, pred) in enumerate(zip(word_ids, _argmax_rows(model, tokenizer, rows, batch_size), strict=True)):
+        n = len(dataset.sentences[k])
+        tags = ["O"] * n
+        seen: set[int] = set()
+        for p, w in enumerate(wid):
+            if w is not None and w not in seen:
+                seen.add(w)
+                tags[w] = labels[pred[p]]
+        cut += n - len(seen)
+        out.append(tags)
     return out, cut
 
 
