@@ -13,8 +13,10 @@ from xner_lib.bench import (
     _peer_features,
     _wall_clock_stop,
     encoder_flops,
+    layer_shape_gflops,
     matmul_gflops,
     ours_baseline,
+    profile_steps,
     run_bench,
 )
 from xner_lib.config import load_profile
@@ -51,6 +53,59 @@ def test_matmul_limit_is_a_positive_rate_and_one_timed_step_is_refused() -> None
         with pytest.raises(ValueError):
             BenchConfig(peer_minutes=bad)
     assert BenchConfig(peer_minutes="ours").peer_minutes == "ours"
+    with pytest.raises(ValueError, match="profile_steps < steps"):
+        BenchConfig(steps=3, profile_steps=3)  # its warm-up step needs one batch more than the timed ones
+
+
+def test_the_layer_limit_weighs_each_product_by_its_share_of_the_layer_flops() -> None:
+    h, i, heads, rows, seq = 32, 128, 4, 64, 16
+    out = layer_shape_gflops(h, i, heads, rows, seq, seconds=0.05)
+    flops = {"projection": 4 * 2 * rows * h * h, "ffn_in": 2 * rows * h * i, "ffn_out": 2 * rows * i * h,
+             "scores": 2 * rows * seq * h, "context": 2 * rows * seq * h}
+    assert out["flop_share"] == pytest.approx({k: v / sum(flops.values()) for k, v in flops.items()})
+    rates = out["gflops"]
+    assert set(rates) == set(flops) and all(r > 0 for r in rates.values())
+    # the layer's rate is the FLOP-weighted harmonic mean: between its slowest and fastest product
+    assert min(rates.values()) <= out["layer_mix_gflops"] <= max(rates.values())
+    assert out["layer_mix_gflops"] == pytest.approx(
+        sum(flops.values()) / sum(flops[k] / rates[k] for k in flops))
+
+
+def _toy_tagger_and_data(tmp_path: Path, finetune: bool):  # noqa: ANN202
+    from xner_lib.batches import prepare
+    from xner_lib.data import Dataset, Sentence
+    from xner_lib.model import HeadConfig
+    from xner_lib.tagger import build_tagger
+    from xner_lib.train import TrainConfig
+
+    enc = load_encoder("tiny-random-bert")
+    words = [["Angela", "Merkel", "visited", "Paris", "today"], ["John", "lives", "in", "Berlin"]] * 4
+    tags = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-PER", "O", "O", "B-LOC"]] * 4
+    sentences = [Sentence(w, t, list(range(1, len(w) + 1))) for w, t in zip(words, tags, strict=True)]
+    data = prepare(Dataset("toy", "train", "conll", tmp_path / "toy.txt", sentences), enc, frozen=False)
+    tagger = build_tagger(HeadConfig(input_dim=enc.hidden_size), enc, finetune=finetune)
+    return tagger, data, TrainConfig(encoder="tiny-random-bert", batch_size=2, seed=1)
+
+
+def test_the_step_profile_splits_a_step_into_phases_that_sum_to_it(tmp_path: Path) -> None:
+    tagger, data, cfg = _toy_tagger_and_data(tmp_path, finetune=True)
+    before = [p.detach().clone() for p in tagger.encoder_model.parameters()]
+    prof = profile_steps(tagger, data, cfg, steps=3)
+    mean = prof["mean_seconds"]
+    assert sum(v for k, v in mean.items() if k != "step") == pytest.approx(mean["step"], rel=1e-6)
+    assert sum(prof["share"].values()) == pytest.approx(1.0)
+    assert all(v > 0 for v in mean.values())  # a fine-tuned encoder has a backward pass of its own
+    assert any(not torch.equal(a, b) for a, b in zip(before, tagger.encoder_model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="need 5 batches, the data has 4"):
+        profile_steps(tagger, data, cfg, steps=4)
+
+
+def test_a_frozen_encoder_has_no_backward_in_the_step_profile(tmp_path: Path) -> None:
+    tagger, data, cfg = _toy_tagger_and_data(tmp_path, finetune=True)
+    for p in tagger.encoder_model.parameters():
+        p.requires_grad_(False)
+    prof = profile_steps(tagger, data, cfg, steps=2)
+    assert prof["mean_seconds"]["encoder_backward"] == 0.0 and prof["mean_seconds"]["head_backward"] > 0
 
 
 def test_the_peer_stops_at_the_first_step_end_past_its_wall_time() -> None:
@@ -91,13 +146,20 @@ def test_ours_is_every_made_baseline_seed_and_their_mean(tmp_path: Path) -> None
 def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, data_dir: Path) -> None:
     params = load_profile("smoke") | {"data_dir": str(data_dir)}
     config = BenchConfig(matmul_size=128, extraction_sentences=8, inference_sentences=8, steps=2,
-                         variants=("baseline", "adv_att_pos"), peer_steps=3, peer_minutes=1e-6)
+                         variants=("baseline", "adv_att_pos"), peer_steps=3, peer_minutes=1e-6,
+                         profile_steps=1)
     lines: list[str] = []
     first = run_bench(params, config, out=tmp_path, log=lines.append)
     assert first["extraction"]["tokens"] > 0 and 0 < first["extraction"]["share_of_limit"]
     assert [r["variant"] for r in first["training"]] == ["baseline"]
     assert first["training_skipped"] == {"adv_att_pos": "no saved baseline to be its teacher"}
     assert first["inference"]["sentences"] == 8
+    assert first["step_profile"]["variant"] == "baseline" and first["step_profile"]["steps"] == 1
+    assert sum(first["step_profile"]["share"].values()) == pytest.approx(1.0)
+    shape = first["extraction"]["shape_limit"]
+    assert shape["layer_mix_gflops"] > 0 and shape["seq_len"] >= 1
+    assert first["extraction"]["share_of_shape_limit"] == pytest.approx(
+        first["extraction"]["gflops"] / shape["layer_mix_gflops"])
     # stopped by the clock after its first step, its schedule planned over 3
     assert first["peer"]["steps"] == 1 and first["peer"]["planned_steps"] == 3 and first["peer"]["stopped_by_clock"]
     assert first["ours_baseline"] == {"seeds": {}, "mean": None}
@@ -105,12 +167,14 @@ def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, 
     assert first["git"]["commit"] and first["versions"]["torch"]
     assert any(line.startswith("peer (HF Trainer)") for line in lines)
     run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
-                                  variants=("baseline",), peer_steps=0), out=tmp_path, log=lines.append)
+                                  variants=("baseline",), peer_steps=0, profile_steps=0), out=tmp_path,
+              log=lines.append)
     history = json.loads((tmp_path / "bench.json").read_text())
-    assert len(history) == 2 and "peer" not in history[1]
+    assert len(history) == 2 and "peer" not in history[1] and "step_profile" not in history[1]
     with pytest.raises(ValueError, match="no baseline run"):
         run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
-                                      variants=("baseline",), peer_steps=2, peer_minutes="ours"), out=tmp_path)
+                                      variants=("baseline",), peer_steps=2, peer_minutes="ours", profile_steps=0),
+                  out=tmp_path)
 
 
 def test_chinese_characters_take_the_tag_of_their_piece_and_continue_its_entity() -> None:

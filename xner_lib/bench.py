@@ -5,8 +5,11 @@
 * **the limit**: fp32 matrix-multiply GFLOP/s at the thread count in use (:func:`matmul_gflops`);
 * **feature extraction**: tokens/s of the frozen encoder over the first CoNLL train sentences (tokenising,
   windowing and pooling included, no cache), and the FLOP/s it achieves (:func:`encoder_flops`: the encoder
-  layers' multiply-adds at the real sequence lengths) as a share of the limit;
-* **fine-tuning**: seconds per step and sentences/s of each variant asked for (the loop's own clock);
+  layers' multiply-adds at the real sequence lengths) as a share of the limit, and of the limit at the encoder's
+  own shapes (:func:`layer_shape_gflops`: the products of one layer at the extraction's batch and lengths);
+* **fine-tuning**: seconds per step and sentences/s of each variant asked for (the loop's own clock), and where
+  the first variant's step spends its time (:func:`profile_steps`: encoder and head, forward and backward, the
+  optimiser);
 * **inference**: sentences/s of a trained tagger decoding People's Daily test sentences;
 * **the peer**: ``BertForTokenClassification`` over the same encoder weights fine-tuned by the Hugging Face
   ``Trainer`` on the same CoNLL sentences, batch and CPU for a fixed number of steps, or stopped after a wall
@@ -57,6 +60,7 @@ class BenchConfig:
     steps: int = 20
     variants: tuple[str, ...] = ("baseline", "adv_att_pos")
     peer_steps: int = 200
+    profile_steps: int = 10
     peer_minutes: float | str | None = None
     ours_seeds: tuple[int, ...] | None = None
 
@@ -65,10 +69,12 @@ class BenchConfig:
         if self.ours_seeds is not None:
             self.ours_seeds = tuple(int(s) for s in self.ours_seeds)
         if min(self.matmul_size, self.extraction_sentences, self.inference_sentences) < 1 or self.peer_steps < 0 \
+                or not 0 <= self.profile_steps < self.steps \
                 or self.steps < 2 or (self.peer_minutes is not None and self.peer_minutes != "ours"
                                       and not float(self.peer_minutes) > 0):
             raise ValueError(f"bench sizes must be positive, steps >= 2 (a step is timed from the one before it), "
-                             f"peer_steps >= 0, peer_minutes > 0 when given: {self}")
+                             f"peer_steps >= 0, 0 <= profile_steps < steps (a warm-up step more, same batches), "
+                             f"peer_minutes > 0 when given: {self}")
 
 
 def peak_rss_mib() -> float:
@@ -76,20 +82,57 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
-    """fp32 ``size x size`` matrix-multiply throughput in GFLOP/s (``2 size^3`` FLOPs a product) at the current
-    thread count, best of repeated timed blocks over about ``seconds`` (after one warm-up product)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+def _best_gflops(product: Callable[[], Any], flops: float, seconds: float) -> float:
+    """GFLOP/s of ``product`` (``flops`` a call): the best of repeated timed blocks of 4 calls over about
+    ``seconds``, after one warm-up call."""
+    product()
     best, spent = 0.0, 0.0
     while spent < seconds:
         t0 = time.perf_counter()
         for _ in range(4):
-            torch.mm(a, b)
+            product()
         dt = time.perf_counter() - t0
         spent += dt
-        best = max(best, 4 * 2 * size**3 / dt / 1e9)
+        best = max(best, 4 * flops / dt / 1e9)
     return best
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+    """fp32 ``size x size`` matrix-multiply throughput in GFLOP/s (``2 size^3`` FLOPs a product) at the current
+    thread count, best of repeated timed blocks over about ``seconds`` (after one warm-up product)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return _best_gflops(lambda: torch.mm(a, b), 2 * size**3, seconds)
+
+
+def layer_shape_gflops(hidden: int, intermediate: int, heads: int, rows: int, seq_len: int,
+                       seconds: float = 1.0) -> dict[str, Any]:
+    """The limit at the encoder's own shapes: fp32 GFLOP/s of each product one BERT layer makes over ``rows``
+    pieces (sequences of ``seq_len``), and the rate of the whole layer's mix (its FLOPs over the time the
+    products take at those rates). Products, FLOPs over the ``rows``: the four ``hidden x hidden`` projections
+    (Q, K, V, output; ``8 rows h^2``), the feed-forward in and out (``2 rows h i`` each), and the attention's
+    ``QK^T`` and ``AV`` (``2 rows L h`` each, batched over sequences and heads). Square 1024 products
+    (:func:`matmul_gflops`) are the machine's best case; a 384-wide encoder cannot reach them, and this says by
+    how much before any of our code runs."""
+    x = torch.randn(rows, hidden)
+    mid = torch.randn(rows, intermediate)
+    w_hh, w_ih, w_hi = torch.randn(hidden, hidden), torch.randn(intermediate, hidden), torch.randn(hidden, intermediate)
+    n_seq = max(1, rows // seq_len)
+    q = torch.randn(n_seq * heads, seq_len, hidden // heads)
+    a = torch.randn(n_seq * heads, seq_len, seq_len)
+    products: dict[str, tuple[Callable[[], Any], float]] = {
+        "projection": (lambda: torch.nn.functional.linear(x, w_hh), 2.0 * rows * hidden * hidden),
+        "ffn_in": (lambda: torch.nn.functional.linear(x, w_ih), 2.0 * rows * hidden * intermediate),
+        "ffn_out": (lambda: torch.nn.functional.linear(mid, w_hi), 2.0 * rows * intermediate * hidden),
+        "scores": (lambda: torch.bmm(q, q.transpose(1, 2)), 2.0 * n_seq * heads * seq_len**2 * (hidden // heads)),
+        "context": (lambda: torch.bmm(a, q), 2.0 * n_seq * heads * seq_len**2 * (hidden // heads)),
+    }
+    rates = {k: _best_gflops(f, flops, seconds / len(products)) for k, (f, flops) in products.items()}
+    per_layer = {"projection": 4, "ffn_in": 1, "ffn_out": 1, "scores": 1, "context": 1}  # calls of each a layer
+    flops = {k: per_layer[k] * products[k][1] for k in products}
+    mix = sum(flops.values()) / sum(flops[k] / rates[k] for k in products)
+    return {"rows": rows, "seq_len": seq_len, "hidden": hidden, "intermediate": intermediate, "heads": heads,
+            "gflops": rates, "flop_share": {k: v / sum(flops.values()) for k, v in flops.items()},
+            "layer_mix_gflops": mix}
 
 
 def encoder_flops(model: torch.nn.Module, lengths: Sequence[int]) -> float:
@@ -148,11 +191,63 @@ def bench_training(exp: Any, variants: Mapping[str, Any], names: Sequence[str], 
         per_step = (h[-1]["seconds"] - h[0]["seconds"]) / max(1, len(h) - 1)
         rows.append({"variant": name, "steps": len(h), "seconds_per_step": per_step,
                      "sentences_per_s": cfg.batch_size / per_step, "streams_seconds": prepare_s,
-                     "peak_rss_mib": peak_rss_mib(), "tagger": result.tagger})
+                     "peak_rss_mib": peak_rss_mib(), "tagger": result.tagger, "config": cfg})
     base = rows[0]["seconds_per_step"] if rows else 1.0
     for r in rows:
         r["ratio_to_first"] = r["seconds_per_step"] / base
     return rows
+
+
+def profile_steps(tagger: Any, data: Any, cfg: Any, steps: int) -> dict[str, Any]:
+    """Where a fine-tuning step's time goes (issue 15's step profile), over ``steps`` plain steps (CoNLL
+    batches, no other stream) of ``tagger`` in training mode on ``data`` (a :class:`~xner_lib.batches.Prepared`
+    with encodings), with the loop's optimiser and clipping. Phases, in seconds, the mean over the steps after a
+    warm-up one (so the phases sum to the step):
+
+    * ``encoder_forward``: pieces to unit vectors (:meth:`Tagger.features`);
+    * ``head_forward``: the BiLSTM, attention layers, emissions and CRF loss (eqs 8-11);
+    * ``head_backward``: from ``loss.backward()`` until the gradient reaches the unit vectors (a tensor hook);
+    * ``encoder_backward``: the rest of the backward pass (through pooling and the encoder layers);
+    * ``optimizer``: gradient clipping and the AdamW step.
+
+    The weights change as in training (this is a copy's business: pass a tagger you no longer need)."""
+    import random
+
+    from .batches import label_ids, length_batches
+    from .train import _labels, _optimizer
+
+    ids = label_ids(data.encoded, [s.tags for s in data.dataset.sentences], tagger.head.config.labels)
+    batches = length_batches([len(e.input_ids) for e in data.encoded], cfg.batch_size, random.Random(cfg.seed))
+    if len(batches) < steps + 1:
+        raise ValueError(f"profile_steps: {steps} steps and a warm-up need {steps + 1} batches, the data has "
+                         f"{len(batches)}")
+    opt, _ = _optimizer(tagger, cfg, steps + 1)
+    trainable = [p for p in tagger.parameters() if p.requires_grad]
+    tagger.train()
+    phases: dict[str, list[float]] = {k: [] for k in ("encoder_forward", "head_forward", "head_backward",
+                                                      "encoder_backward", "optimizer", "step")}
+    for batch in batches[: steps + 1]:
+        marks: dict[str, float] = {}
+        t0 = time.perf_counter()
+        feats, mask = tagger.features([data.encoded[i] for i in batch], None, data.dataset.language)
+        t1 = time.perf_counter()
+        loss = tagger.head.loss(feats, mask, _labels(ids, batch, mask.shape))
+        t2 = time.perf_counter()
+        if feats.requires_grad:  # called when the gradient reaches the unit vectors: the head's backward is done
+            feats.register_hook(lambda g, marks=marks: marks.setdefault("reached", time.perf_counter()) and None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        opt.step()
+        t4 = time.perf_counter()
+        reached = marks.get("reached", t3)
+        for k, v in (("encoder_forward", t1 - t0), ("head_forward", t2 - t1), ("head_backward", reached - t2),
+                     ("encoder_backward", t3 - reached), ("optimizer", t4 - t3), ("step", t4 - t0)):
+            phases[k].append(v)
+    mean = {k: sum(v[1:]) / steps for k, v in phases.items()}
+    return {"steps": steps, "batch_size": cfg.batch_size, "mean_seconds": mean,
+            "share": {k: v / mean["step"] for k, v in mean.items() if k != "step"}, "peak_rss_mib": peak_rss_mib()}
 
 
 def bench_inference(tagger: Any, prepared: Any, batch_size: int = 64) -> dict[str, Any]:
@@ -360,6 +455,7 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
     from .batches import prepare
     from .config import from_params, results_dir
     from .experiment import experiment_from_params, resolve_variants
+    from .features import BATCH_TOKENS
     from .train import TrainConfig
 
     out = out or results_dir(str(params["profile"]), params.get("results_root"))
@@ -392,9 +488,16 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
                        unlabelled=[d.head(n) for d in loaded.unlabelled])
 
     ex = bench_extraction(loaded.encoder, loaded.data["conll_train"].head(config.extraction_sentences), limit)
+    mcfg = loaded.encoder.model.config
+    shapes = layer_shape_gflops(mcfg.hidden_size, mcfg.intermediate_size, mcfg.num_attention_heads,
+                                rows=BATCH_TOKENS, seq_len=max(1, round(ex["pieces"] / ex["sentences"])))
+    ex["shape_limit"] = shapes
+    ex["share_of_shape_limit"] = ex["gflops"] / shapes["layer_mix_gflops"]
     record["extraction"] = ex
     log(f"extraction: {ex['tokens_per_s']:.0f} tokens/s, {ex['gflops']:.1f} GFLOP/s = "
-        f"{100 * ex['share_of_limit']:.0f}% of the limit")
+        f"{100 * ex['share_of_limit']:.0f}% of the limit; the encoder layer's own products reach "
+        f"{shapes['layer_mix_gflops']:.1f} GFLOP/s ({100 * shapes['layer_mix_gflops'] / limit:.0f}% of the limit), "
+        f"extraction {100 * ex['share_of_shape_limit']:.0f}% of that")
 
     base = from_params(TrainConfig, params, "train_")
     variants = resolve_variants(base, params.get("variants", {"baseline": {}}))
@@ -410,8 +513,18 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
     for r in rows:
         log(f"train {r['variant']}: {r['seconds_per_step']:.3f} s/step, {r['sentences_per_s']:.1f} sentences/s, "
             f"x{r['ratio_to_first']:.2f}")
-    record["training"] = [{k: v for k, v in r.items() if k != "tagger"} for r in rows]
+    record["training"] = [{k: v for k, v in r.items() if k not in ("tagger", "config")} for r in rows]
     record["training_skipped"] = {v: "no saved baseline to be its teacher" for v in skipped}
+    if rows and config.profile_steps:
+        first_row = rows[0]
+        if first_row["config"].finetune and not first_row["config"].transfer:
+            prof = profile_steps(first_row["tagger"], exp.corpora(frozen=False).conll_train, first_row["config"],
+                                 config.profile_steps)
+            prof["variant"] = first_row["variant"]
+            record["step_profile"] = prof
+            log(f"step profile ({prof['variant']}, mean of {prof['steps']} steps, "
+                f"{prof['mean_seconds']['step']:.3f} s): " + ", ".join(f"{k} {100 * v:.0f}%"
+                                                                       for k, v in prof["share"].items()))
 
     if rows:
         prepared = prepare(loaded.data["peoples_daily_test"].head(config.inference_sentences), loaded.encoder,

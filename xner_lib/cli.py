@@ -326,7 +326,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     config = BenchConfig(steps=args.steps, variants=tuple(args.variants), peer_steps=args.peer_steps,
-                         peer_minutes=args.peer_minutes, ours_seeds=tuple(args.ours_seeds) if args.ours_seeds else None,
+                         profile_steps=args.profile_steps, peer_minutes=args.peer_minutes,
+                         ours_seeds=tuple(args.ours_seeds) if args.ours_seeds else None,
                          extraction_sentences=args.sentences, inference_sentences=args.sentences)
     run_bench(params, config, teacher_dir=Path(args.teacher) if args.teacher else None,
               out=Path(args.out) if args.out else None)
@@ -413,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bn.add_argument("--steps", type=int, default=20, help="fine-tuning steps timed per variant (at least 2)")
     bn.add_argument("--variants", nargs="+", default=["baseline", "adv_att_pos"])
     bn.add_argument("--sentences", type=_positive, default=512, help="sentences for extraction and inference")
+    bn.add_argument("--profile-steps", type=int, default=10,
+                    help="steps of the first variant's step profile (fewer than --steps; 0: skip it)")
     bn.add_argument("--peer-steps", type=int, default=200, help="steps of the Hugging Face peer (0: skip it)")
     bn.add_argument("--peer-minutes", default=None, type=_minutes, metavar="M|ours",
                     help="stop the peer after M minutes of training (its schedule still planned over --peer-steps); "

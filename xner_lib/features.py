@@ -38,6 +38,7 @@ from .units import EncodedSentence, encode_sentences, unit_rule
 
 CACHE_FORMAT = "xner-features-v1"
 _SHARD_MAGIC = b"XNERSHD1"
+BATCH_TOKENS = 4096  # pieces an extraction forward holds: sentences x longest window
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def _batches(encoded: Sequence[EncodedSentence], order: Sequence[int], batch_tok
     return out
 
 
-def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *, batch_tokens: int = 4096,
+def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], *,
+                          batch_tokens: int = BATCH_TOKENS,
                           stride: int | None = None, progress: Progress | None = None) -> list[torch.Tensor]:
     """Frozen-encoder unit vectors, one float16 tensor [U_i, H] per sentence (on the CPU, input order),
     computed on the encoder's device (move it there first, e.g. :func:`~xner_lib.device.placed`).
@@ -231,7 +233,7 @@ def _read_shard(path: Path, expected_units: Sequence[int]) -> list[torch.Tensor]
 
 def cached_unit_features(encoder: Encoder, data: Dataset | Sequence[Sentence | Sequence[str]],
                          language: str | None = None, cache_dir: str | os.PathLike[str] | None = None, *,
-                         shard_size: int = 512, batch_tokens: int = 4096, stride: int | None = None,
+                         shard_size: int = 512, batch_tokens: int = BATCH_TOKENS, stride: int | None = None,
                          progress: bool = True, zh_units: str = "token") -> list[torch.Tensor]:
     """Frozen-encoder unit features of a whole dataset, computed once and then read from the cache.
 

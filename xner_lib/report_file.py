@@ -309,6 +309,16 @@ def render(g: Gathered, profile: str) -> str:
                   f"{ex.get('tokens_per_s', math.nan):.0f} tokens/s, "
                   f"{100 * ex.get('share_of_limit', math.nan):.0f}% of it; peak memory "
                   f"{b.get('peak_rss_mib', math.nan) / 1024:.1f} GiB."]
+        shape = ex.get("shape_limit")
+        if shape:
+            lines[-1] += (f" At the encoder's own shapes ({shape['rows']} pieces a forward, sequences of "
+                          f"{shape['seq_len']}) one layer's products run at {shape['layer_mix_gflops']:.1f} GFLOP/s; "
+                          f"extraction reaches {100 * ex['share_of_shape_limit']:.0f}% of that.")
+        prof = b.get("step_profile")
+        if prof:
+            lines += ["", f"Where a `{prof['variant']}` step goes (mean of {prof['steps']} steps, "
+                      f"{prof['mean_seconds']['step']:.3f} s): " + ", ".join(
+                          f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in prof["share"].items()) + "."]
         steps = pd.DataFrame(b.get("training", []))
         if not steps.empty:
             lines += ["", _markdown(steps[[c for c in ("variant", "seconds_per_step", "sentences_per_s",
