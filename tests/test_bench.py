@@ -156,6 +156,10 @@ def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, 
     assert first["inference"]["sentences"] == 8
     assert first["step_profile"]["variant"] == "baseline" and first["step_profile"]["steps"] == 1
     assert sum(first["step_profile"]["share"].values()) == pytest.approx(1.0)
+    prof = first["extraction"]["profile"]
+    assert 0 < prof["matmul_share"] < 1 and prof["wall_seconds"] > 0
+    assert prof["matmul_share"] + sum(prof["top_other_ops"].values()) + prof["outside_ops_share"] <= 1 + 1e-6
+    assert not set(prof["top_other_ops"]) & {"aten::addmm", "aten::mm", "aten::bmm"}
     shape = first["extraction"]["shape_limit"]
     assert shape["layer_mix_gflops"] > 0 and shape["seq_len"] >= 1
     assert first["extraction"]["share_of_shape_limit"] == pytest.approx(
@@ -171,6 +175,7 @@ def test_a_smoke_bench_measures_every_stage_and_keeps_a_history(tmp_path: Path, 
               log=lines.append)
     history = json.loads((tmp_path / "bench.json").read_text())
     assert len(history) == 2 and "peer" not in history[1] and "step_profile" not in history[1]
+    assert "profile" not in history[1]["extraction"]
     with pytest.raises(ValueError, match="no baseline run"):
         run_bench(params, BenchConfig(matmul_size=128, extraction_sentences=4, inference_sentences=4, steps=2,
                                       variants=("baseline",), peer_steps=2, peer_minutes="ours", profile_steps=0),

@@ -178,16 +178,18 @@ def test_report_puts_the_latest_bench_peer_beside_our_baseline(tmp_path: Path) -
 def test_report_shows_the_shape_limit_and_the_step_profile_when_the_bench_has_them(tmp_path: Path) -> None:
     bench = {"timestamp_utc": "t", "threads": 2, "matmul_gflops": 200.0, "peak_rss_mib": 4096.0,
              "extraction": {"tokens_per_s": 1200.0, "share_of_limit": 0.4, "share_of_shape_limit": 0.8,
-                            "shape_limit": {"rows": 4096, "seq_len": 30, "layer_mix_gflops": 100.0}},
+                            "shape_limit": {"rows": 4096, "seq_len": 30, "layer_mix_gflops": 100.0},
+                            "profile": {"matmul_share": 0.55, "outside_ops_share": 0.1}},
              "step_profile": {"variant": "baseline", "steps": 10, "mean_seconds": {"step": 0.5},
                               "share": {"encoder_forward": 0.25, "encoder_backward": 0.5, "head_forward": 0.1,
                                         "head_backward": 0.1, "optimizer": 0.05}}}
     (tmp_path / "bench.json").write_text(json.dumps([bench]))
     text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
-    assert ("one layer's products run at 100.0 GFLOP/s; extraction reaches 80% of that.") in text
+    assert ("one layer's products run at 100.0 GFLOP/s; extraction reaches 80% of that. Extraction spends 55% of "
+            "its wall time in dense products, 10% outside any operator") in text
     assert ("Where a `baseline` step goes (mean of 10 steps, 0.500 s): encoder forward 25%, encoder backward 50%, "
             "head forward 10%, head backward 10%, optimizer 5%.") in text
-    del bench["step_profile"], bench["extraction"]["shape_limit"]
+    del bench["step_profile"], bench["extraction"]["shape_limit"], bench["extraction"]["profile"]
     (tmp_path / "bench.json").write_text(json.dumps([bench]))
     text = write_report(tmp_path, "toy").read_text(encoding="utf-8")
-    assert "Where a" not in text and "one layer's products" not in text
+    assert "Where a" not in text and "one layer's products" not in text and "dense products" not in text

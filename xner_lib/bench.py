@@ -6,7 +6,8 @@
 * **feature extraction**: tokens/s of the frozen encoder over the first CoNLL train sentences (tokenising,
   windowing and pooling included, no cache), and the FLOP/s it achieves (:func:`encoder_flops`: the encoder
   layers' multiply-adds at the real sequence lengths) as a share of the limit, and of the limit at the encoder's
-  own shapes (:func:`layer_shape_gflops`: the products of one layer at the extraction's batch and lengths);
+  own shapes (:func:`layer_shape_gflops`: the products of one layer at the extraction's batch and lengths), and
+  where its time goes by operator (:func:`profile_extraction`);
 * **fine-tuning**: seconds per step and sentences/s of each variant asked for (the loop's own clock), and where
   the first variant's step spends its time (:func:`profile_steps`: encoder and head, forward and backward, the
   optimiser);
@@ -162,6 +163,32 @@ def bench_extraction(encoder: Encoder, dataset: Dataset, limit_gflops: float) ->
     return {"sentences": len(dataset), "tokens": dataset.n_tokens, "pieces": sum(pieces), "seconds": seconds,
             "tokens_per_s": dataset.n_tokens / seconds, "sentences_per_s": len(dataset) / seconds,
             "gflops": gflops, "share_of_limit": gflops / limit_gflops, "peak_rss_mib": peak_rss_mib()}
+
+
+#: the dense products of a BERT layer as the profiler names them (the share of time extraction spends in them)
+MATMUL_OPS = frozenset({"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
+
+
+def profile_extraction(encoder: Encoder, dataset: Dataset, top: int = 8) -> dict[str, Any]:
+    """Where feature extraction spends its time: ``dataset``'s unit features through the project's path (no
+    cache) under ``torch.profiler``, each operator's self CPU time as a share of the wall time: the dense
+    products (:data:`MATMUL_OPS`), the ``top`` other operators, and what no operator accounts for (tokenising,
+    windowing, pooling in Python, the profiler itself). A second pass over the data, apart from
+    :func:`bench_extraction`, so the profiler's overhead does not touch the throughput figure."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .features import cached_unit_features
+
+    with scratch_dir() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
+        wall = time.perf_counter() - t0
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    matmul = sum(v for k, v in ops.items() if k in MATMUL_OPS)
+    others = sorted(((k, v) for k, v in ops.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])
+    return {"wall_seconds": wall, "matmul_share": matmul / wall,
+            "top_other_ops": {k: v / wall for k, v in others[:top]},
+            "outside_ops_share": max(0.0, wall - sum(ops.values())) / wall}
 
 
 def bench_training(exp: Any, variants: Mapping[str, Any], names: Sequence[str], steps: int,
@@ -493,6 +520,12 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
                                 rows=BATCH_TOKENS, seq_len=max(1, round(ex["pieces"] / ex["sentences"])))
     ex["shape_limit"] = shapes
     ex["share_of_shape_limit"] = ex["gflops"] / shapes["layer_mix_gflops"]
+    if config.profile_steps:
+        ex["profile"] = profile_extraction(loaded.encoder,
+                                           loaded.data["conll_train"].head(config.extraction_sentences))
+        log(f"extraction profile: dense products {100 * ex['profile']['matmul_share']:.0f}% of the wall time; "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(ex["profile"]["top_other_ops"].items())[:4])
+            + f"; outside any operator {100 * ex['profile']['outside_ops_share']:.0f}%")
     record["extraction"] = ex
     log(f"extraction: {ex['tokens_per_s']:.0f} tokens/s, {ex['gflops']:.1f} GFLOP/s = "
         f"{100 * ex['share_of_limit']:.0f}% of the limit; the encoder layer's own products reach "

@@ -314,6 +314,10 @@ def render(g: Gathered, profile: str) -> str:
             lines[-1] += (f" At the encoder's own shapes ({shape['rows']} pieces a forward, sequences of "
                           f"{shape['seq_len']}) one layer's products run at {shape['layer_mix_gflops']:.1f} GFLOP/s; "
                           f"extraction reaches {100 * ex['share_of_shape_limit']:.0f}% of that.")
+        if ex.get("profile"):
+            lines[-1] += (f" Extraction spends {100 * ex['profile']['matmul_share']:.0f}% of its wall time in dense "
+                          f"products, {100 * ex['profile']['outside_ops_share']:.0f}% outside any operator (tokenising, "
+                          "windowing, Python).")
         prof = b.get("step_profile")
         if prof:
             lines += ["", f"Where a `{prof['variant']}` step goes (mean of {prof['steps']} steps, "
