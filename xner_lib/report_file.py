@@ -316,8 +316,8 @@ def render(g: Gathered, profile: str) -> str:
                           f"extraction reaches {100 * ex['share_of_shape_limit']:.0f}% of that.")
         if ex.get("profile"):
             lines[-1] += (f" Extraction spends {100 * ex['profile']['matmul_share']:.0f}% of its wall time in dense "
-                          f"products, {100 * ex['profile']['outside_ops_share']:.0f}% outside any operator (tokenising, "
-                          "windowing, Python).")
+                          f"products, {100 * ex['profile']['outside_ops_share']:.0f}% outside any operator "
+                          "(tokenising, windowing, Python).")
         prof = b.get("step_profile")
         if prof:
             lines += ["", f"Where a `{prof['variant']}` step goes (mean of {prof['steps']} steps, "
