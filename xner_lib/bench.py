@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .data import Dataset
 from .encoders import Encoder, load_encoder
@@ -61,12 +62,14 @@ class BenchConfig:
     steps: int = 20
     variants: tuple[str, ...] = ("baseline", "adv_att_pos")
     peer_steps: int = 200
-    profile_steps: int = 10
+    profile_steps: int | None = None
     peer_minutes: float | str | None = None
     ours_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
+        if self.profile_steps is None:
+            self.profile_steps = max(0, min(10, self.steps - 1))
         if self.ours_seeds is not None:
             self.ours_seeds = tuple(int(s) for s in self.ours_seeds)
         if min(self.matmul_size, self.extraction_sentences, self.inference_sentences) < 1 or self.peer_steps < 0 \
@@ -146,27 +149,38 @@ def encoder_flops(model: torch.nn.Module, lengths: Sequence[int]) -> float:
     return float(sum(2 * weights * n + 4 * len(layers) * n * n * cfg.hidden_size for n in lengths))
 
 
+def _timed_extraction(encoder: Encoder, dataset: Dataset) -> float:
+    """Seconds the project's feature path takes over ``dataset`` from nothing (a fresh temporary cache)."""
+    from .features import cached_unit_features
+
+    with scratch_dir() as tmp:
+        t0 = time.perf_counter()
+        cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
+        return time.perf_counter() - t0
+
+
 def bench_extraction(encoder: Encoder, dataset: Dataset, limit_gflops: float) -> dict[str, Any]:
     """Frozen-encoder unit features of ``dataset`` through the project's own path (no cache: a fresh temporary
     directory): tokens/s, sentences/s, and the achieved GFLOP/s (:func:`encoder_flops` over the pieces each
     window fed) against ``limit_gflops``."""
-    from .features import cached_unit_features
     from .units import encode_sentences
 
     encoded = encode_sentences(encoder.tokenizer, dataset.sentences, dataset.language, zh_units="token")
     pieces = [len(e.input_ids) + 2 for e in encoded]  # [CLS] and [SEP]
-    with scratch_dir() as tmp:
-        t0 = time.perf_counter()
-        cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
-        seconds = time.perf_counter() - t0
+    seconds = _timed_extraction(encoder, dataset)
     gflops = encoder_flops(encoder.model, pieces) / seconds / 1e9
-    return {"sentences": len(dataset), "tokens": dataset.n_tokens, "pieces": sum(pieces), "seconds": seconds,
+    return {"sentences": len(dataset), "tokens": dataset.n_tokens, "pieces": sum(pieces),
+            "attention_length": sum(n * n for n in pieces) / sum(pieces), "seconds": seconds,
             "tokens_per_s": dataset.n_tokens / seconds, "sentences_per_s": len(dataset) / seconds,
             "gflops": gflops, "share_of_limit": gflops / limit_gflops, "peak_rss_mib": peak_rss_mib()}
 
 
-#: the dense products of a BERT layer as the profiler names them (the share of time extraction spends in them)
-MATMUL_OPS = frozenset({"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"})
+#: the dense products of a BERT layer as the profiler names them (the share of time extraction spends in them):
+#: the linear layers, and the attention, fused by SDPA (what transformers loads BERT with) or as ``bmm``
+MATMUL_OPS = frozenset({"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+                        "aten::_scaled_dot_product_flash_attention_for_cpu",
+                        "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_efficient_attention",
+                        "aten::_scaled_dot_product_flash_attention"})
 
 
 def profile_extraction(encoder: Encoder, dataset: Dataset, top: int = 8) -> dict[str, Any]:
@@ -177,12 +191,8 @@ def profile_extraction(encoder: Encoder, dataset: Dataset, top: int = 8) -> dict
     :func:`bench_extraction`, so the profiler's overhead does not touch the throughput figure."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .features import cached_unit_features
-
-    with scratch_dir() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        cached_unit_features(encoder, dataset, cache_dir=tmp, progress=False)
-        wall = time.perf_counter() - t0
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = _timed_extraction(encoder, dataset)
     ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     matmul = sum(v for k, v in ops.items() if k in MATMUL_OPS)
     others = sorted(((k, v) for k, v in ops.items() if k not in MATMUL_OPS), key=lambda kv: -kv[1])
@@ -227,54 +237,79 @@ def bench_training(exp: Any, variants: Mapping[str, Any], names: Sequence[str], 
 
 def profile_steps(tagger: Any, data: Any, cfg: Any, steps: int) -> dict[str, Any]:
     """Where a fine-tuning step's time goes (issue 15's step profile), over ``steps`` plain steps (CoNLL
-    batches, no other stream) of ``tagger`` in training mode on ``data`` (a :class:`~xner_lib.batches.Prepared`
-    with encodings), with the loop's optimiser and clipping. Phases, in seconds, the mean over the steps after a
-    warm-up one (so the phases sum to the step):
+    batches, no other stream: the baseline's step) of ``tagger`` in training mode on ``data`` (a
+    :class:`~xner_lib.batches.Prepared` with encodings), on the tagger's device with the loop's precision, AdamW
+    groups, schedule and :func:`~xner_lib.train.optimizer_step`. Phases, in seconds, the mean over the steps
+    after a warm-up one (so the phases sum to the step):
 
     * ``encoder_forward``: pieces to unit vectors (:meth:`Tagger.features`);
     * ``head_forward``: the BiLSTM, attention layers, emissions and CRF loss (eqs 8-11);
-    * ``head_backward``: from ``loss.backward()`` until the gradient reaches the unit vectors (a tensor hook);
-    * ``encoder_backward``: the rest of the backward pass (through pooling and the encoder layers);
-    * ``optimizer``: gradient clipping and the AdamW step.
+    * ``head_backward``: from ``backward`` until the gradient reaches the unit vectors (a tensor hook: CPU
+      autograd runs every node made after the unit vectors before their own);
+    * ``encoder_backward``: the rest of the backward pass (pooling and the encoder layers);
+    * ``optimizer``: unscaling, gradient clipping, the AdamW step and the schedule.
 
-    The weights change as in training (this is a copy's business: pass a tagger you no longer need)."""
+    The steps train ``tagger`` further: profile a tagger whose weights no later figure depends on (the bench's
+    own, whose inference speed does not depend on its weights)."""
     import random
 
     from .batches import label_ids, length_batches
-    from .train import _labels, _optimizer
+    from .device import mixed_precision, synchronize, to_device
+    from .train import _labels, _optimizer, optimizer_step
 
     ids = label_ids(data.encoded, [s.tags for s in data.dataset.sentences], tagger.head.config.labels)
     batches = length_batches([len(e.input_ids) for e in data.encoded], cfg.batch_size, random.Random(cfg.seed))
     if len(batches) < steps + 1:
         raise ValueError(f"profile_steps: {steps} steps and a warm-up need {steps + 1} batches, the data has "
                          f"{len(batches)}")
-    opt, _ = _optimizer(tagger, cfg, steps + 1)
+    device = tagger.device
+    amp = mixed_precision(device, cfg.precision)
+    opt, sched = _optimizer(tagger, cfg, steps + 1)
     trainable = [p for p in tagger.parameters() if p.requires_grad]
     tagger.train()
     phases: dict[str, list[float]] = {k: [] for k in ("encoder_forward", "head_forward", "head_backward",
                                                       "encoder_backward", "optimizer", "step")}
     for batch in batches[: steps + 1]:
         marks: dict[str, float] = {}
-        t0 = time.perf_counter()
-        feats, mask = tagger.features([data.encoded[i] for i in batch], None, data.dataset.language)
-        t1 = time.perf_counter()
-        loss = tagger.head.loss(feats, mask, _labels(ids, batch, mask.shape))
-        t2 = time.perf_counter()
-        if feats.requires_grad:  # called when the gradient reaches the unit vectors: the head's backward is done
-            feats.register_hook(lambda g, marks=marks: marks.setdefault("reached", time.perf_counter()) and None)
+
+        def reached(_grad: Tensor, marks: dict[str, float] = marks) -> None:
+            """The gradient has reached the unit vectors: the head's backward is done."""
+            synchronize(device)
+            marks.setdefault("reached", time.perf_counter())
+
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        synchronize(device)
+        t0 = time.perf_counter()
+        with amp.autocast():
+            feats, mask = tagger.features([data.encoded[i] for i in batch], None, data.dataset.language)
+            synchronize(device)
+            t1 = time.perf_counter()
+            loss = tagger.head.loss(feats, mask, to_device(_labels(ids, batch, mask.shape), device))
+        synchronize(device)
+        t2 = time.perf_counter()
+        if feats.requires_grad:
+            feats.register_hook(reached)
+        amp.backward(loss)
+        synchronize(device)
         t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        opt.step()
+        optimizer_step(opt, sched, amp, trainable, cfg.max_grad_norm)
+        synchronize(device)
         t4 = time.perf_counter()
-        reached = marks.get("reached", t3)
-        for k, v in (("encoder_forward", t1 - t0), ("head_forward", t2 - t1), ("head_backward", reached - t2),
-                     ("encoder_backward", t3 - reached), ("optimizer", t4 - t3), ("step", t4 - t0)):
+        mark = marks.get("reached", t3)
+        for k, v in (("encoder_forward", t1 - t0), ("head_forward", t2 - t1), ("head_backward", mark - t2),
+                     ("encoder_backward", t3 - mark), ("optimizer", t4 - t3), ("step", t4 - t0)):
             phases[k].append(v)
     mean = {k: sum(v[1:]) / steps for k, v in phases.items()}
-    return {"steps": steps, "batch_size": cfg.batch_size, "mean_seconds": mean,
+    return {"steps": steps, "batch_size": cfg.batch_size, "device": str(device), "mean_seconds": mean,
             "share": {k: v / mean["step"] for k, v in mean.items() if k != "step"}, "peak_rss_mib": peak_rss_mib()}
+
+
+def plain_step(cfg: Any) -> bool:
+    """Whether a variant's training step is the baseline's (:func:`profile_steps` times only that one): a
+    fine-tuned encoder and no stream besides CoNLL train (no teacher, adversary or Chinese stream)."""
+    return bool(cfg.finetune) and all(c is None for c in (
+        cfg.transfer_config, cfg.adversarial_config, cfg.few_shot_config, cfg.self_training_config,
+        cfg.translate_train_config))
 
 
 def bench_inference(tagger: Any, prepared: Any, batch_size: int = 64) -> dict[str, Any]:
@@ -473,6 +508,11 @@ def ours_baseline(runs: Path, seeds: Sequence[int]) -> dict[str, Any]:
     return {"seeds": rows, "mean": mean}
 
 
+def _shares(shares: Mapping[str, float]) -> str:
+    """``name 40%, other 3%``: shares of a whole as a log line shows them."""
+    return ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items())
+
+
 def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Path | None = None,
               out: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every measurement of the module docstring for a profile's ``params`` (as notebooks get them); appends the
@@ -514,17 +554,17 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
         return replace(loaded, data={k: d.head(n) for k, d in loaded.data.items()},
                        unlabelled=[d.head(n) for d in loaded.unlabelled])
 
-    ex = bench_extraction(loaded.encoder, loaded.data["conll_train"].head(config.extraction_sentences), limit)
+    extraction_set = loaded.data["conll_train"].head(config.extraction_sentences)
+    ex = bench_extraction(loaded.encoder, extraction_set, limit)
     mcfg = loaded.encoder.model.config
     shapes = layer_shape_gflops(mcfg.hidden_size, mcfg.intermediate_size, mcfg.num_attention_heads,
-                                rows=BATCH_TOKENS, seq_len=max(1, round(ex["pieces"] / ex["sentences"])))
+                                rows=min(BATCH_TOKENS, ex["pieces"]), seq_len=max(1, round(ex["attention_length"])))
     ex["shape_limit"] = shapes
     ex["share_of_shape_limit"] = ex["gflops"] / shapes["layer_mix_gflops"]
     if config.profile_steps:
-        ex["profile"] = profile_extraction(loaded.encoder,
-                                           loaded.data["conll_train"].head(config.extraction_sentences))
+        ex["profile"] = profile_extraction(loaded.encoder, extraction_set)
         log(f"extraction profile: dense products {100 * ex['profile']['matmul_share']:.0f}% of the wall time; "
-            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(ex["profile"]["top_other_ops"].items())[:4])
+            + _shares(dict(list(ex["profile"]["top_other_ops"].items())[:4]))
             + f"; outside any operator {100 * ex['profile']['outside_ops_share']:.0f}%")
     record["extraction"] = ex
     log(f"extraction: {ex['tokens_per_s']:.0f} tokens/s, {ex['gflops']:.1f} GFLOP/s = "
@@ -548,16 +588,17 @@ def run_bench(params: Mapping[str, Any], config: BenchConfig, *, teacher_dir: Pa
             f"x{r['ratio_to_first']:.2f}")
     record["training"] = [{k: v for k, v in r.items() if k not in ("tagger", "config")} for r in rows]
     record["training_skipped"] = {v: "no saved baseline to be its teacher" for v in skipped}
-    if rows and config.profile_steps:
-        first_row = rows[0]
-        if first_row["config"].finetune and not first_row["config"].transfer:
-            prof = profile_steps(first_row["tagger"], exp.corpora(frozen=False).conll_train, first_row["config"],
-                                 config.profile_steps)
-            prof["variant"] = first_row["variant"]
-            record["step_profile"] = prof
-            log(f"step profile ({prof['variant']}, mean of {prof['steps']} steps, "
-                f"{prof['mean_seconds']['step']:.3f} s): " + ", ".join(f"{k} {100 * v:.0f}%"
-                                                                       for k, v in prof["share"].items()))
+    plain = [r for r in rows if plain_step(r["config"])]
+    if config.profile_steps and not plain:
+        record["step_profile_skipped"] = "no variant asked for has the baseline's plain step"
+        log(f"step profile: skipped, {record['step_profile_skipped']}")
+    elif config.profile_steps:
+        prof = profile_steps(plain[0]["tagger"], exp.corpora(frozen=False).conll_train, plain[0]["config"],
+                             config.profile_steps)
+        prof["variant"] = plain[0]["variant"]
+        record["step_profile"] = prof
+        log(f"step profile ({prof['variant']}, mean of {prof['steps']} steps, {prof['mean_seconds']['step']:.3f} s): "
+            + _shares(prof["share"]))
 
     if rows:
         prepared = prepare(loaded.data["peoples_daily_test"].head(config.inference_sentences), loaded.encoder,

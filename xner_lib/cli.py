@@ -414,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bn.add_argument("--steps", type=int, default=20, help="fine-tuning steps timed per variant (at least 2)")
     bn.add_argument("--variants", nargs="+", default=["baseline", "adv_att_pos"])
     bn.add_argument("--sentences", type=_positive, default=512, help="sentences for extraction and inference")
-    bn.add_argument("--profile-steps", type=int, default=10,
-                    help="steps of the first variant's step profile (fewer than --steps; 0: skip it)")
+    bn.add_argument("--profile-steps", type=int, default=None,
+                    help="steps of the step profile (of the first variant with the baseline's step; fewer than "
+                    "--steps; default min(10, steps - 1)); 0 skips it and the extraction's operator profile")
     bn.add_argument("--peer-steps", type=int, default=200, help="steps of the Hugging Face peer (0: skip it)")
     bn.add_argument("--peer-minutes", default=None, type=_minutes, metavar="M|ours",
                     help="stop the peer after M minutes of training (its schedule still planned over --peer-steps); "

@@ -119,6 +119,13 @@ def cpu_copy(t: Tensor) -> Tensor:
     return t.detach().to("cpu", copy=True)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously), so a wall-clock mark after it times
+    the work and not its launch; a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer); the CPU for a module with neither."""
     for t in module.parameters():

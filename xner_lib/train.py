@@ -255,6 +255,15 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, sched: Any, amp: Any, trainable: Sequence[Tensor],
+                   max_grad_norm: float) -> None:
+    """After ``backward``: unscale (mixed precision), clip the gradient norm, step AdamW and the schedule."""
+    amp.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    amp.step(opt)
+    sched.step()
+
+
 def _cycle(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
     """Length-bucketed batches of a secondary stream, reshuffled each time it is exhausted."""
     while True:
@@ -435,10 +444,7 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                 loss = loss + adv.weight * g_loss
             opt.zero_grad(set_to_none=True)
             amp.backward(loss)
-            amp.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            amp.step(opt)
-            sched.step()
+            optimizer_step(opt, sched, amp, trainable, cfg.max_grad_norm)
             if tagger.mapping is not None:
                 project_orthogonal_(tagger.mapping.U)  # eq. 3
             step += 1
