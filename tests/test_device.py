@@ -380,3 +380,37 @@ def test_the_gpu_environment_is_the_locked_one_with_a_cuda_torch() -> None:
     assert any(p.startswith("--extra-index-url") for p in pip)
     readme = (REPO / "README.md").read_text()
     assert "environment-gpu.yml" in readme and "--extra-index-url" in readme
+
+
+def test_adamw_is_fused_where_the_kernel_exists_and_keeps_the_update_rule() -> None:
+    """``fused_adamw``: CPU float parameters take the fused kernel, integer, meta or no parameters do not; the
+    loop's optimizer is built fused on the CPU, and fused steps move the weights as the loop's rule does."""
+    from xner_lib.model import HeadConfig
+    from xner_lib.tagger import build_tagger
+    from xner_lib.train import _optimizer
+
+    assert dev.fused_adamw([torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))])
+    assert not dev.fused_adamw([])
+    assert not dev.fused_adamw([torch.zeros(3, dtype=torch.long)])
+    assert not dev.fused_adamw([torch.zeros(3, device="meta")])
+    enc = tiny_encoder()
+    tagger = build_tagger(HeadConfig(input_dim=enc.hidden_size), enc, finetune=True)
+    opt, _ = _optimizer(tagger, TrainConfig(encoder="tiny-random-bert"), 10)
+    assert opt.defaults["fused"] is True
+
+    torch.manual_seed(0)
+    init = [torch.randn(16, 16), torch.randn(16)]
+    moved = {}
+    for fused in (None, True):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = torch.optim.AdamW([{"params": params[:1], "weight_decay": 0.01},
+                                 {"params": params[1:], "weight_decay": 0.0}], lr=1e-2, fused=fused)
+        grads = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads)
+            opt.step()
+        moved[fused] = [p.detach() for p in params]
+    for loop, fused in zip(moved[None], moved[True], strict=True):
+        assert torch.allclose(loop, fused, rtol=0, atol=1e-6)
+        assert not torch.allclose(loop, init[0] if loop.dim() == 2 else init[1], atol=1e-3)  # the steps moved them

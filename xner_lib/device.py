@@ -31,7 +31,7 @@ import contextlib
 import platform
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -221,6 +221,20 @@ def mixed_precision(device: torch.device, precision: str = "auto") -> MixedPreci
     dtype = autocast_dtype(device.type, precision, bf16)
     scaler = torch.amp.GradScaler(device.type) if needs_grad_scaler(device.type, dtype) else None
     return MixedPrecision(device.type, dtype, scaler)
+
+
+#: the device types whose AdamW has a fused kernel (torch 2.4 and later): one pass over every parameter in place
+#: of a loop of small operations a tensor
+FUSED_ADAMW_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_adamw(params: Iterable[Tensor]) -> bool:
+    """Whether ``torch.optim.AdamW`` over ``params`` can take ``fused=True``: every parameter floating point and
+    on a device of :data:`FUSED_ADAMW_DEVICES`. The same update rule as the loop (the last bit of a
+    weight-decayed parameter may differ); measured on the ``cpu`` profile's 23M trainable parameters on 2
+    cores: 0.055 s a step with the loop, 0.017 s fused (docs/method.md, Where the time goes)."""
+    params = list(params)
+    return bool(params) and all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in params)
 
 
 # --- seeds and the record -------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from .device import (
     check_precision_setting,
     cpu_copy,
     describe_device,
+    fused_adamw,
     mixed_precision,
     resolve_device,
     seed_everything,
@@ -244,7 +245,7 @@ def _optimizer(tagger: Tagger, cfg: TrainConfig, total_steps: int) -> tuple[torc
     adv = cfg.adversarial_config
     if tagger.mapping is not None and adv is not None:
         groups.append({"params": list(tagger.mapping.parameters()), "lr": adv.map_lr, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups)
+    opt = torch.optim.AdamW(groups, fused=fused_adamw(p for g in groups for p in g["params"]) or None)
     warmup = int(cfg.warmup_ratio * total_steps)
 
     def factor(step: int) -> float:  # linear warm-up, then linear decay to 0
