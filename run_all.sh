@@ -8,7 +8,7 @@
 # the lock changes), then registers the Jupyter kernel "xner". The profile (and every `-p NAME VALUE` after --)
 # is checked against the notebooks' parameters before anything runs: an unknown key stops the run naming file,
 # key and nearest valid key. Each notebook gets only the parameters it declares. --fresh retrains every run
-# instead of reading cached ones back. --made-only trains none of 03's and 04's variant runs: their tables
+# (and aligns 02 again) instead of reading cached ones back. --made-only trains none of 03's and 04's variant runs: their tables
 # hold the runs already made (each row lists its seeds; every run left out is named), for a long profile
 # run a piece at a time (python -m xner_lib runs); Table 3's CRF and static rows (minutes) are still made. Executed notebooks go to results/<profile>/notebooks/; the first failure stops
 # the run with a non-zero exit and keeps the failed notebook, with its error, there.

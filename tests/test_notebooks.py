@@ -117,6 +117,15 @@ def test_02_alignment_smoke_saves_mapping_lexicon_and_curves(tmp_path: Path, dat
     assert scores["chosen_start"] == best["start"] and best["chosen"]  # the unsupervised criterion picks
     assert scores["criterion"] == pytest.approx(best["criterion"])
     assert (adir / "curves.csv").is_file() and (res / "figures" / "alignment_curves.png").is_file()
+    assert metrics["extra"]["inputs"]["encoder"] and set(metrics["extra"]["files"]) >= {"mapping.npy", "lexicon.tsv"}
+    # run again: the outputs are read back (their inputs and files hold), not aligned again and rewritten
+    written = {p.name: p.read_bytes() for p in adir.iterdir()}
+    _run("02_alignment.ipynb", tmp_path)
+    assert {p.name: p.read_bytes() for p in adir.iterdir()} == written
+    outputs = [o for c in json.loads((tmp_path / "02_alignment.ipynb").read_text())["cells"]
+               for o in c.get("outputs", []) if o["output_type"] == "stream"]
+    printed = "".join("".join(o["text"]) for o in outputs)
+    assert "alignment: read back from" in printed and "made now" not in printed and "read back [" in printed
 
 
 @pytest.mark.slow

@@ -1,0 +1,122 @@
+"""Notebook 02's outputs read back while what they are made from holds (xner_lib.alignment_store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from xner_lib import report
+from xner_lib.aligner import AlignConfig, align
+from xner_lib.alignment_store import (
+    adopt_record,
+    alignment_inputs,
+    file_checksums,
+    finish_record,
+    read_alignment,
+    stored_alignment,
+)
+from xner_lib.evaluate import write_metrics
+
+CONFIG = AlignConfig(dis_hidden=16, batch_size=16, epoch_size=256, n_epochs=1, refinement_rounds=1, progress=False,
+                     criterion_max_size=60, lexicon_max_rank=60, similarity_size=40, starts="identity,similarity")
+SIZES = [{"space": "English words", "types": 80, "occurrences": 400}]
+
+
+def _spaces() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(80, 8, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    target = source[:70] @ q + 0.01 * torch.randn(70, 8, generator=g)
+    return source, target, [f"w{i}" for i in range(80)], [f"字{i}" for i in range(70)]
+
+
+def _write_as_02(adir: Path, encoder_identity: str = "enc-1", *, inputs: dict | None = None) -> object:
+    """What notebook 02 writes for a real (small) alignment, and its record (finished when ``inputs``)."""
+    source, target, en_words, zh_words = _spaces()
+    res = align(source, target, CONFIG)
+    adir.mkdir(parents=True, exist_ok=True)
+    np.save(adir / "mapping.npy", res.mapping.numpy())
+    np.save(adir / "source_mean.npy", res.source_mean.numpy())
+    pd.DataFrame(res.history).to_csv(adir / "curves.csv", index=False)
+    lex = res.lexicon
+    pd.DataFrame({"english": [en_words[int(i)] for i in lex[:, 0]], "chinese": [zh_words[int(j)] for j in lex[:, 1]],
+                  "cosine": 0.5}).to_csv(adir / "lexicon.tsv", sep="\t", index=False)
+    scores = {"criterion": res.criterion, "chosen_start": res.chosen["start"],
+              "candidates": report.candidates_table(res.candidates).to_dict("records"), "sizes": SIZES}
+    write_metrics(adir / "metrics.json", variant="alignment", encoder="tiny", seed=CONFIG.seed,
+                  config=CONFIG.to_dict(), scores=scores, extra={"encoder_identity": encoder_identity})
+    if inputs is not None:
+        finish_record(adir, inputs)
+    return res
+
+
+def _inputs(**changes) -> dict:
+    base = dict(encoder_identity="enc-1", config=CONFIG, settings={"vec_min_count": 3},
+                data={"conll_train": {"sha256": "a", "sentences": 10}})
+    return alignment_inputs(**{**base, **changes})
+
+
+def test_an_alignment_is_read_back_only_while_its_inputs_and_files_hold(tmp_path: Path) -> None:
+    adir = tmp_path / "alignment"
+    inputs = _inputs()
+    _write_as_02(adir, inputs=inputs)
+    record = read_alignment(adir, inputs)
+    assert record is not None and record["extra"]["inputs"] == inputs
+    assert set(record["extra"]["files"]) == {"mapping.npy", "source_mean.npy", "lexicon.tsv", "curves.csv"}
+    # another encoder, aligner setting, static-vector setting or corpus: aligned again
+    assert read_alignment(adir, _inputs(encoder_identity="enc-2")) is None
+    assert read_alignment(adir, _inputs(config=AlignConfig(**{**CONFIG.to_dict(), "seed": 1}))) is None
+    assert read_alignment(adir, _inputs(settings={"vec_min_count": 2})) is None
+    assert read_alignment(adir, _inputs(data={"conll_train": {"sha256": "b", "sentences": 10}})) is None
+    # progress is not an input
+    assert read_alignment(adir, _inputs(config=AlignConfig(**{**CONFIG.to_dict(), "progress": True}))) is not None
+    # a file changed or gone since it was written: aligned again
+    lexicon = (adir / "lexicon.tsv").read_text(encoding="utf-8")
+    (adir / "lexicon.tsv").write_text(lexicon.replace("0.5", "0.6", 1), encoding="utf-8")
+    assert read_alignment(adir, inputs) is None
+    (adir / "lexicon.tsv").write_text(lexicon, encoding="utf-8")
+    assert read_alignment(adir, inputs) is not None
+    (adir / "source_mean.npy").unlink()
+    assert read_alignment(adir, inputs) is None
+
+
+def test_a_record_without_inputs_is_adopted_only_when_encoder_settings_and_sizes_agree(tmp_path: Path) -> None:
+    adir = tmp_path / "alignment"
+    _write_as_02(adir)  # made before inputs were recorded
+    inputs = _inputs()
+    assert read_alignment(adir, inputs) is None
+    before = (adir / "metrics.json").read_text(encoding="utf-8")
+    assert adopt_record(adir, _inputs(encoder_identity="enc-2"), SIZES) is None
+    assert adopt_record(adir, inputs, [{**SIZES[0], "types": 81}]) is None
+    assert adopt_record(adir, _inputs(config=AlignConfig(**{**CONFIG.to_dict(), "n_epochs": 2})), SIZES) is None
+    assert (adir / "metrics.json").read_text(encoding="utf-8") == before  # refused: left as it was
+    adopted = adopt_record(adir, inputs, SIZES)
+    assert adopted is not None and adopted["extra"]["adopted_utc"]
+    assert adopted["extra"]["files"] == file_checksums(adir)
+    assert read_alignment(adir, inputs) == json.loads((adir / "metrics.json").read_text(encoding="utf-8"))
+    assert adopt_record(adir, inputs, SIZES) is None  # once: it has inputs now
+
+
+def test_the_stored_alignment_is_the_one_that_was_made_and_a_bad_lexicon_line_is_named(tmp_path: Path) -> None:
+    adir = tmp_path / "alignment"
+    inputs = _inputs()
+    made = _write_as_02(adir, inputs=inputs)
+    source, target, en_words, zh_words = _spaces()
+    back = stored_alignment(adir, read_alignment(adir, inputs), source, target, en_words, zh_words, CONFIG)
+    assert torch.equal(back.mapping, made.mapping) and torch.equal(back.lexicon, made.lexicon)
+    assert torch.allclose(back.source, made.source) and torch.allclose(back.target, made.target)
+    assert torch.allclose(back.mapped_source, made.mapped_source)
+    assert back.criterion == pytest.approx(made.criterion) and back.chosen["start"] == made.chosen["start"]
+    assert len(back.history) == len(made.history)
+    lexicon = pd.read_csv(adir / "lexicon.tsv", sep="\t")
+    assert len(lexicon) >= 2
+    lexicon.loc[1, "chinese"] = "不在"
+    lexicon.to_csv(adir / "lexicon.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"lexicon\.tsv:3: the pair \('w\d+', '不在'\)"):
+        stored_alignment(adir, read_alignment(adir, inputs) or {"scores": {"criterion": 0, "candidates": []}},
+                         source, target, en_words, zh_words, CONFIG)
