@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from xner_lib import features as features_module
 from xner_lib.e5s1 import MARKER, build_e5_dir, dequantize_q4_0, read_e5s1
 from xner_lib.encoders import (
     E5_OFFLINE,
@@ -371,7 +372,8 @@ def test_feature_cache_shards_by_length_and_returns_input_order(tiny, tmp_path):
     encoded = encode_sentences(tiny.tokenizer, sents, "en")
     order = length_order(encoded)
     assert [len(encoded[i].input_ids) for i in order] == sorted(len(e.input_ids) for e in encoded)
-    first = torch.load(io.BytesIO(next(tmp_path.rglob("shard-00000.pt")).read_bytes()[40:]), weights_only=True)
+    header = len(features_module._SHARD_MAGIC) + 32  # magic, then the payload's sha256
+    first = torch.load(io.BytesIO(next(tmp_path.rglob("shard-00000.pt")).read_bytes()[header:]), weights_only=True)
     assert first["lengths"].tolist() == [lengths[i] for i in order[:4]]  # the first shard: the four shortest
     assert max(len(encoded[i].input_ids) for i in order[:4]) <= min(len(encoded[i].input_ids) for i in order[4:])
     assert order[:4] != [0, 1, 2, 3]
@@ -379,17 +381,21 @@ def test_feature_cache_shards_by_length_and_returns_input_order(tiny, tmp_path):
 
 
 def test_feature_cache_resumes_after_an_interrupted_extraction(tiny, tmp_path):
-    sents = sentences12()
+    lengths = [9, 3, 14, 5, 11, 4, 7, 13, 6, 10, 8, 12]  # length order is not input order
+    sents = [long_sentence(n, seed=i) for i, n in enumerate(lengths)]
+    whole = cached_unit_features(tiny, sents, "en", tmp_path / "whole", shard_size=4, progress=False)
     calls, handle = count_forwards(tiny, fail_at=2)
     with pytest.raises(Interrupted):
-        cached_unit_features(tiny, sents, "en", tmp_path, shard_size=4, progress=False)
+        cached_unit_features(tiny, sents, "en", tmp_path / "cut", shard_size=4, progress=False)
     handle.remove()
-    shards = sorted(p.name for p in tmp_path.rglob("shard-*.pt"))
-    assert shards == ["shard-00000.pt"] and not list(tmp_path.rglob(".shard*"))
+    shards = sorted(p.name for p in (tmp_path / "cut").rglob("shard-*.pt"))
+    assert shards == ["shard-00000.pt"] and not list((tmp_path / "cut").rglob(".shard*"))
     calls, handle = count_forwards(tiny)
-    feats = cached_unit_features(tiny, sents, "en", tmp_path, shard_size=4, progress=False)
+    feats = cached_unit_features(tiny, sents, "en", tmp_path / "cut", shard_size=4, progress=False)
     handle.remove()
     assert len(calls) == 2 and len(feats) == 12
+    assert [f.shape[0] for f in feats] == lengths
+    assert all(torch.equal(a, b) for a, b in zip(feats, whole, strict=True))  # resumed = made in one go
 
 
 def test_corrupt_feature_shard_is_detected_and_rebuilt(tiny, tmp_path):

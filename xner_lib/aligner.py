@@ -457,6 +457,16 @@ def _check_inputs(source: Tensor, target: Tensor) -> None:
                          f"{tuple(source.shape)} and {tuple(target.shape)}")
 
 
+def preprocess(source: Tensor, target: Tensor, normalize: str, source_mean: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Both spaces as :func:`align` maps them: float32 copies under ``normalize`` (MUSE's
+    ``normalize_embeddings``). Returns ``(source rows, the mean the source was centred on, target rows)``; with
+    ``source_mean`` the source is centred on it rather than on its own mean (02's saved ``source_mean.npy``)."""
+    src, mean = normalize_embeddings(source.detach().float(), normalize, mean=source_mean)
+    tgt, _ = normalize_embeddings(target.detach().float(), normalize)
+    return src, mean, tgt
+
+
 def align(source: Tensor, target: Tensor, config: AlignConfig | None = None) -> AlignmentResult:
     """Align ``source`` (S, d) onto ``target`` (T, d) without supervision; returns the best map and lexicon.
 
@@ -468,8 +478,7 @@ def align(source: Tensor, target: Tensor, config: AlignConfig | None = None) -> 
     """
     config = copy.deepcopy(config) if config is not None else AlignConfig()
     _check_inputs(source, target)
-    src, src_mean = normalize_embeddings(source.detach().float(), config.normalize)
-    tgt, _ = normalize_embeddings(target.detach().float(), config.normalize)
+    src, src_mean, tgt = preprocess(source, target, config.normalize)
     seed_lexicon = (similarity_lexicon(src, tgt, config.similarity_size, config.csls_k)
                     if "similarity" in config.start_list else None)
     best: AdversarialAligner | None = None

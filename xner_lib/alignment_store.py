@@ -6,12 +6,15 @@ the lexicon by a pair. Measured: 2925 -> 2926 pairs, and the criterion 0.58383 -
 run is keyed by the checksums of the lexicon and the map (:meth:`~xner_lib.experiment.Experiment.inputs`). So
 if 02 remade them on every machine, every later notebook would retrain those runs.
 
-So 02 records in ``alignment/metrics.json`` two things: the key of what the alignment is made from
-(:func:`alignment_inputs`, under ``extra.inputs``) and the sha256 of each file it writes (``extra.files``).
+So 02 records in ``alignment/metrics.json`` what the alignment is made from (:func:`alignment_inputs`,
+``extra.inputs``) and the sha256 of each file it wrote (``extra.files``), in the same write as its scores.
 When both still hold, it reads its outputs back (:func:`read_alignment`, :func:`stored_alignment`);
-``fresh`` remakes them. A record made before this existed has no key. It is adopted once
-(:func:`adopt_record`) when three things agree: its encoder identity, its aligner settings, and the sizes of
-the static spaces built now, which are its recorded sizes.
+``fresh`` remakes them. Before aligning again it removes the old record (:func:`forget_record`), so an
+alignment stopped halfway leaves no record to read back over a mix of old and new files.
+
+A record made before inputs were recorded has no key. It is adopted once (:func:`adopt_record`) when its
+encoder identity and aligner settings equal this run's, its files are all there, its lexicon has the recorded
+number of pairs, and the static spaces built now have exactly its recorded sizes.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .aligner import AlignConfig, AlignmentResult
+from .aligner import AlignConfig, AlignmentResult, preprocess
 from .data.sources import sha256_of
 from .files import write_atomic
-from .lexicon import normalize_embeddings
+from .rendering import Lexicon
+from .static_space import load_alignment
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +45,22 @@ STORE_VERSION = 1
 ALIGNMENT_FILES: tuple[str, ...] = ("mapping.npy", "source_mean.npy", "lexicon.tsv", "curves.csv")
 
 
-def alignment_inputs(encoder_identity: str, config: AlignConfig, settings: Mapping[str, Any],
+def required_files(config: AlignConfig) -> set[str]:
+    """The files of :data:`ALIGNMENT_FILES` an alignment under ``config`` writes: all but ``source_mean.npy``
+    when its preprocessing does not centre."""
+    return {n for n in ALIGNMENT_FILES if n != "source_mean.npy" or "center" in config.normalize.split(",")}
+
+
+def alignment_inputs(encoder: Mapping[str, Any], config: AlignConfig, settings: Mapping[str, Any],
                      data: Mapping[str, Any]) -> dict[str, Any]:
-    """The key of an alignment, as plain JSON values. It holds :data:`STORE_VERSION`, the encoder's identity
-    (weights and tokenizer), the aligner's settings (without ``progress``) and 02's other settings
-    (``settings``: static vectors and checks). It also holds each corpus read (``data``: e.g.
-    :func:`~xner_lib.experiment.data_identity`) and ``jieba``'s version, since jieba segments the Chinese."""
+    """The key of an alignment, as plain JSON values. It holds :data:`STORE_VERSION` and the encoder
+    (``encoder``: its ``identity``, the sha256 of weights and tokenizer, and ``max_length``, its window). It
+    holds the aligner's settings (without ``progress``) and 02's other settings (``settings``: the static
+    vectors and the checks). It holds each corpus read (``data``: e.g.
+    :func:`~xner_lib.experiment.data_identity`) and jieba's version, since jieba segments the Chinese."""
     align = {k: v for k, v in asdict(config).items() if k != "progress"}
-    inputs = {"version": STORE_VERSION, "encoder": encoder_identity, "align": align, "settings": dict(settings),
-              "data": dict(data), "jieba": version("jieba")}
+    inputs = {"version": STORE_VERSION, "encoder": {k: encoder[k] for k in ("identity", "max_length")},
+              "align": align, "settings": dict(settings), "data": dict(data), "jieba": version("jieba")}
     return json.loads(json.dumps(inputs, sort_keys=True, default=str))
 
 
@@ -61,17 +71,27 @@ def file_checksums(directory: str | Path) -> dict[str, str]:
 
 
 def _record(directory: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """``metrics.json`` of ``directory``, or None when there is none. A file that does not read as a JSON object
+    is an error naming it (02 would otherwise align again over committed outputs without a word)."""
+    path = directory / "metrics.json"
+    if not path.is_file():
         return None
-    return record if isinstance(record, dict) else None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        line = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+        raise ValueError(f"{path}{line}: not readable JSON ({err}); restore it from git, or align again with "
+                         "fresh=True") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object; restore it from git, or align again with fresh=True")
+    return record
 
 
 def read_alignment(directory: str | Path, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The record of 02 in ``directory`` (``alignment/``) when it can be read back, else None (and a log line
-    says why). It can be read back when its ``extra.inputs`` equal ``inputs`` and every file it lists in
-    ``extra.files`` still has its sha256 (none missing, none added)."""
+    """The record of 02 in ``directory`` (``alignment/``) when it can be read back, else None. Unless there is
+    no record at all, a log line says why not. It can be read back when its ``extra.inputs`` equal ``inputs`` and
+    its ``extra.files`` are exactly the files there (none changed, missing or added). Those files must also
+    include every one its settings write (:func:`required_files`)."""
     root = Path(directory)
     record = _record(root)
     if record is None:
@@ -84,29 +104,54 @@ def read_alignment(directory: str | Path, inputs: Mapping[str, Any]) -> dict[str
         diffs = sorted(k for k in set(extra["inputs"]) | set(inputs) if extra["inputs"].get(k) != inputs.get(k))
         logger.warning("%s: made from other inputs (%s): aligning again", root / "metrics.json", ", ".join(diffs))
         return None
-    if file_checksums(root) != extra.get("files"):
-        logger.warning("%s: its files changed since it was written: aligning again", root)
+    files = extra.get("files") or {}
+    missing = required_files(AlignConfig(**inputs["align"])) - set(files)
+    if missing or file_checksums(root) != files:
+        logger.warning("%s: its files changed since it was written (%s): aligning again", root,
+                       f"not recorded: {sorted(missing)}" if missing else "checksums")
         return None
     return record
 
 
+def forget_record(directory: str | Path) -> None:
+    """Remove 02's record before aligning again. That way an alignment stopped halfway leaves no record, and a
+    later run aligns again instead of reading back a mix of old and new files."""
+    (Path(directory) / "metrics.json").unlink(missing_ok=True)
+
+
 def adopt_record(directory: str | Path, inputs: Mapping[str, Any], sizes: Sequence[Mapping[str, Any]]
                  ) -> dict[str, Any] | None:
-    """Adopt a record of 02 made before inputs were recorded, and return it, or return None. The record
-    must have the encoder identity and the aligner settings of ``inputs``. The static spaces built now must
-    have exactly its recorded ``sizes`` (types and occurrences of each space): those follow from the corpora
-    and the static-vector settings. When that holds, it gets ``extra.inputs``, ``extra.files`` (the files'
-    checksums as they are) and ``extra.adopted_utc``, and it is written back."""
+    """Adopt a record of 02 made before inputs were recorded, and return it, or return None. The conditions:
+
+    * its encoder identity and aligner settings are those of ``inputs``;
+    * the files its settings write are all there;
+    * ``lexicon.tsv`` has the recorded number of pairs;
+    * the static spaces built now have exactly its recorded ``sizes``, the types and occurrences of each
+      space. Those follow from the corpora, the jieba segmentation and the static-vector settings.
+
+    Not verified: the ``recovery_`` settings of check (a), which change only that check's recorded figures.
+    When adopted, the record gets ``extra.inputs``, ``extra.files`` (the files' checksums as they are) and
+    ``extra.adopted_utc``, and is written back."""
     root = Path(directory)
     record = _record(root)
     if record is None or record.get("extra", {}).get("inputs") is not None:
         return None
     config = {k: v for k, v in record.get("config", {}).items() if k != "progress"}
-    same = (record.get("extra", {}).get("encoder_identity") == inputs["encoder"] and config == inputs["align"]
-            and json.loads(json.dumps(record.get("scores", {}).get("sizes"))) == json.loads(json.dumps(list(sizes))))
-    if not same:
-        logger.warning("%s: a record without inputs whose encoder, settings or sizes differ: aligning again",
-                       root / "metrics.json")
+    reasons = []
+    if record.get("extra", {}).get("encoder_identity") != inputs["encoder"]["identity"]:
+        reasons.append("encoder")
+    if config != inputs["align"]:
+        reasons.append("aligner settings")
+    missing = required_files(AlignConfig(**inputs["align"])) - set(file_checksums(root))
+    if missing:
+        reasons.append(f"missing {sorted(missing)}")
+    elif len(Lexicon.from_tsv(root / "lexicon.tsv").pairs) != record.get("scores", {}).get("lexicon_pairs"):
+        reasons.append("lexicon size")
+    if json.loads(json.dumps(record.get("scores", {}).get("sizes"))) != json.loads(json.dumps(list(sizes))):
+        reasons.append("static-space sizes")
+    if reasons:
+        logger.warning("%s: a record without inputs whose %s differ: aligning again", root / "metrics.json",
+                       ", ".join(reasons))
         return None
     record["extra"] = {**record.get("extra", {}), "inputs": dict(inputs), "files": file_checksums(root),
                        "adopted_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -114,44 +159,34 @@ def adopt_record(directory: str | Path, inputs: Mapping[str, Any], sizes: Sequen
     return record
 
 
-def finish_record(directory: str | Path, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """After 02 wrote its files and ``metrics.json``: add ``extra.inputs`` and ``extra.files`` to the record,
-    so the next run of 02 can read it back."""
-    root = Path(directory)
-    record = _record(root)
-    if record is None:
-        raise FileNotFoundError(f"{root / 'metrics.json'}: no record to finish")
-    record["extra"] = {**record.get("extra", {}), "inputs": dict(inputs), "files": file_checksums(root)}
-    write_atomic(root / "metrics.json", json.dumps(record, indent=2, ensure_ascii=False))
-    return record
-
-
 def stored_alignment(directory: str | Path, record: Mapping[str, Any], source: torch.Tensor, target: torch.Tensor,
                      source_words: Sequence[str], target_words: Sequence[str], config: AlignConfig
                      ) -> AlignmentResult:
-    """The :class:`~xner_lib.aligner.AlignmentResult` that 02's files in ``directory`` hold. ``source`` and
-    ``target`` are the static vectors, which are preprocessed here as :func:`~xner_lib.aligner.align` does
-    (the English centred on the stored ``source_mean.npy`` when it is there);
-    ``source_words`` and ``target_words`` name their rows. The map is ``mapping.npy``. The lexicon is
-    ``lexicon.tsv`` turned back into row indices; a word that is not a row is an error naming the file and
-    line. The history is ``curves.csv``, and the criterion and candidates come from the record."""
+    """The :class:`~xner_lib.aligner.AlignmentResult` that 02's files in ``directory`` hold.
+
+    * ``source`` and ``target`` are the static vectors; ``source_words`` and ``target_words`` name their rows.
+      They are preprocessed as :func:`~xner_lib.aligner.align` does, with the English centred on the stored
+      ``source_mean.npy`` (:func:`~xner_lib.aligner.preprocess`).
+    * The map and the mean come from :func:`~xner_lib.static_space.load_alignment`.
+    * The lexicon is ``lexicon.tsv`` (:meth:`~xner_lib.rendering.Lexicon.from_tsv`) turned back into row
+      indices. A word that is not a row is an error naming the file and the line.
+    * The history is ``curves.csv``; the criterion and the candidates come from the record."""
     root = Path(directory)
-    mean_file = root / "source_mean.npy"
-    mean = torch.from_numpy(np.load(mean_file)).float() if mean_file.is_file() else None
-    src, src_mean = normalize_embeddings(source.detach().float(), config.normalize, mean=mean)
-    tgt, _ = normalize_embeddings(target.detach().float(), config.normalize)
-    mapping = torch.from_numpy(np.load(root / "mapping.npy"))
+    mapping, mean = load_alignment(root)
+    if tuple(mapping.shape) != (source.shape[1], source.shape[1]):
+        raise ValueError(f"{root / 'mapping.npy'}: a map of shape {tuple(mapping.shape)} for vectors of dimension "
+                         f"{source.shape[1]}: align again (fresh)")
+    src, src_mean, tgt = preprocess(source, target, config.normalize, source_mean=mean)
     src_index = {w: i for i, w in enumerate(source_words)}
     tgt_index = {w: i for i, w in enumerate(target_words)}
-    lex = pd.read_csv(root / "lexicon.tsv", sep="\t", keep_default_na=False, dtype={"english": str, "chinese": str})
     pairs = []
-    for line, (en, zh) in enumerate(zip(lex["english"], lex["chinese"], strict=True), start=2):
-        if en not in src_index or zh not in tgt_index:
-            raise ValueError(f"{root / 'lexicon.tsv'}:{line}: the pair ({en!r}, {zh!r}) is not in the static "
-                             "spaces built now: align again (fresh)")
-        pairs.append((src_index[en], tgt_index[zh]))
+    for pair in Lexicon.from_tsv(root / "lexicon.tsv").pairs:
+        if pair.english not in src_index or pair.chinese not in tgt_index:
+            raise ValueError(f"{root / 'lexicon.tsv'}:{pair.line}: the pair ({pair.english!r}, {pair.chinese!r}) "
+                             "is not in the static spaces built now: align again (fresh)")
+        pairs.append((src_index[pair.english], tgt_index[pair.chinese]))
     history = pd.read_csv(root / "curves.csv").to_dict("records")
     scores = record["scores"]
-    return AlignmentResult(mapping=mapping.float(), lexicon=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
+    return AlignmentResult(mapping=mapping, lexicon=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
                            criterion=float(scores["criterion"]), history=history, source=src, target=tgt,
                            source_mean=src_mean, config=config, candidates=[dict(c) for c in scores["candidates"]])

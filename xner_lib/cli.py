@@ -328,7 +328,9 @@ def _bench(args: argparse.Namespace) -> int:
     config = BenchConfig(steps=args.steps, variants=tuple(args.variants), peer_steps=args.peer_steps,
                          profile_steps=args.profile_steps, peer_minutes=args.peer_minutes,
                          ours_seeds=tuple(args.ours_seeds) if args.ours_seeds else None,
-                         extraction_sentences=args.sentences, inference_sentences=min(512, args.sentences))
+                         **({} if args.sentences is None else {
+                             "extraction_sentences": args.sentences,
+                             "inference_sentences": min(BenchConfig.inference_sentences, args.sentences)}))
     run_bench(params, config, teacher_dir=Path(args.teacher) if args.teacher else None,
               out=Path(args.out) if args.out else None)
     return 0
@@ -413,8 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bn.add_argument("--profile", default="cpu", help="a profile name (smoke, cpu, paper) or a YAML path")
     bn.add_argument("--steps", type=int, default=20, help="fine-tuning steps timed per variant (at least 2)")
     bn.add_argument("--variants", nargs="+", default=["baseline", "adv_att_pos"])
-    bn.add_argument("--sentences", type=_positive, default=2048,
-                    help="sentences for extraction (inference takes at most 512 of them)")
+    bn.add_argument("--sentences", type=_positive, default=None,
+                    help="sentences for extraction (default: BenchConfig.extraction_sentences); inference takes "
+                         "at most BenchConfig.inference_sentences of them")
     bn.add_argument("--profile-steps", type=int, default=None,
                     help="steps of the step profile (of the first variant with the baseline's step; fewer than "
                     "--steps; default min(10, steps - 1)); 0 skips it and the extraction's operator profile")

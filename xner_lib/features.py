@@ -187,7 +187,7 @@ def extract_unit_features(encoder: Encoder, encoded: Sequence[EncodedSentence], 
         with torch.no_grad():
             for group in _batches(encoded, order, batch_tokens, encoder.max_length - 2):
                 vectors, _ = unit_vectors(encoder, [encoded[i] for i in group], stride=stride)
-                vectors = vectors.to("cpu", torch.float16)  # one conversion a batch
+                vectors = to_device(vectors, torch.device("cpu")).half()  # one move and conversion a batch
                 for row, i in enumerate(group):
                     out[i] = vectors[row, :encoded[i].n_units].clone()
                 if progress is not None:
