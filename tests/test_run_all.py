@@ -76,7 +76,7 @@ def test_fresh_reaches_only_the_notebooks_that_declare_it(run_all) -> None:
     fresh = papermill_args(run_all("--profile", "smoke", "--fresh"))
     assert set(plain) == set(fresh) >= {"01_data.ipynb", "02_alignment.ipynb", "03_training.ipynb"}
     assert not any("fresh" in line for line in plain.values())
-    declares = {"03_training.ipynb", "04_ablation.ipynb"}
+    declares = {"02_alignment.ipynb", "03_training.ipynb", "04_ablation.ipynb"}
     assert all("-p fresh True" in fresh[n] for n in declares)
     assert not any("fresh" in fresh[n] for n in fresh if n not in declares)
 
