@@ -134,6 +134,26 @@ def test_a_record_without_inputs_is_adopted_only_when_encoder_settings_and_sizes
     assert adopt_record(adir, inputs, SIZES) is None  # once: it has inputs now
 
 
+def test_a_record_of_another_encoder_identity_is_adopted_only_when_its_map_reproduces_it_now(tmp_path: Path) -> None:
+    adir = tmp_path / "alignment"
+    made = _write_as_02(adir, encoder_identity="enc-old")  # made before inputs were recorded, under another identity
+    source, target, en_words, zh_words = _spaces()
+    inputs = _inputs()  # today's identity, enc-1
+    assert adopt_record(adir, inputs, SIZES) is None  # no vectors to check it on: refused
+    g = torch.Generator().manual_seed(1)
+    other = (torch.randn(80, 8, generator=g), torch.randn(70, 8, generator=g), en_words, zh_words)
+    assert adopt_record(adir, inputs, SIZES, spaces=other) is None  # other vectors: the map does not reproduce it
+    assert "inputs" not in json.loads((adir / "metrics.json").read_text(encoding="utf-8"))["extra"]
+    slightly = (source + 1e-7 * torch.randn(80, 8, generator=g), target, en_words, zh_words)
+    adopted = adopt_record(adir, inputs, SIZES, spaces=slightly)
+    assert adopted is not None and adopted["extra"]["encoder_identity"] == "enc-old"
+    rep = adopted["extra"]["reproduction"]
+    assert rep["criterion_recorded"] == pytest.approx(made.criterion)
+    assert rep["criterion_now"] == pytest.approx(made.criterion, abs=1e-4)
+    assert rep["lexicon_pairs_recorded"] == len(made.lexicon) == rep["lexicon_pairs_in_both"]
+    assert read_alignment(adir, inputs) == adopted  # read back under today's identity from now on
+
+
 def test_the_stored_alignment_is_the_one_that_was_made_and_a_bad_lexicon_line_is_named(tmp_path: Path) -> None:
     adir = tmp_path / "alignment"
     inputs = _inputs()
