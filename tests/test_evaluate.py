@@ -192,6 +192,13 @@ def test_paired_interval_and_change_table_against_a_hand_computation():
     assert t.loc["run other", "Weibo (NAM) diff"] == pytest.approx(0.04)  # (0.02 + 0.06) / 2; seed 3 unpaired
     assert t.loc["decode v", "People's Daily diff"] == pytest.approx(-0.03)  # (0.0 - 0.06) / 2
     assert np.isnan(t.loc["decode v", "Weibo (NAM) F1"])  # the variant does not score Weibo
+    assert t.loc["run other", "Weibo (NAM) 95% CI"] == "[-0.2141, +0.2941]"  # 0.04 +- 12.706 * 0.02828 / sqrt 2
+    one = change_table(metrics[:3], "base", {"run other": ("run", "other")}).set_index("change")
+    assert one.loc["run other", "Weibo (NAM) diff"] == pytest.approx(0.02)
+    assert one.loc["run other", "Weibo (NAM) 95% CI"] == "none (one pair)"
+    from xner_lib.report_file import parse_interval, verdict
+
+    assert verdict(*parse_interval("none (one pair)")) == "no interval"
 
 
 def test_selection_table_picks_a_candidate_only_beyond_the_baselines_seed_noise():

@@ -233,6 +233,14 @@ def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float,
     return mean, mean - half, mean + half
 
 
+def format_interval(low: float, high: float) -> str:
+    """A paired interval as its table cell: ``"[+0.0100, +0.0300]"``, or ``"none (one pair)"`` when a single
+    paired seed gives no interval (:func:`paired_interval`'s nan bounds)."""
+    if np.isnan(low) or np.isnan(high):
+        return "none (one pair)"
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
 def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, tuple[str, str]],
                  sets: Sequence[tuple[str, str, str]] = CHANGE_SETS) -> pd.DataFrame:
     """The effect of each change against the ``reference`` variant's runs, paired by seed (issue 10).
@@ -276,7 +284,7 @@ def change_table(metrics: Iterable[dict], reference: str, changes: Mapping[str, 
             if kind != "ref":
                 mean, lo, hi = paired_interval([a - b for a, b in pairs])
                 row[f"{col} diff"] = mean
-                row[f"{col} 95% CI"] = f"[{lo:+.4f}, {hi:+.4f}]"
+                row[f"{col} 95% CI"] = format_interval(lo, hi)
         rows.append(row)
     return pd.DataFrame(rows).round(4)
 
@@ -382,7 +390,7 @@ def ablation_table(metrics: Iterable[dict], reference: str, rows: Mapping[str, s
                     if diffs:
                         mean, lo, hi = paired_interval(diffs)
                         row[f"{protocol} {col} diff"] = mean
-                        row[f"{protocol} {col} 95% CI"] = f"[{lo:+.4f}, {hi:+.4f}]"
+                        row[f"{protocol} {col} 95% CI"] = format_interval(lo, hi)
         out.append(row)
     return pd.DataFrame(out).round(4)
 
