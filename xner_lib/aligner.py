@@ -188,6 +188,22 @@ class Discriminator(nn.Module):
         return self.net(x).view(-1)
 
 
+@torch.no_grad()
+def map_lexicon(mapped: Tensor, target: Tensor, config: AlignConfig) -> Tensor:
+    """(P, 2) CSLS lexicon between mapped source rows ``V_s U`` and target rows under ``config``
+    (``csls_k``, ``lexicon_max_rank``, ``lexicon_build``): refinement's dictionary and the result's lexicon."""
+    return induce_lexicon(unit_rows(mapped), unit_rows(target), "csls", config.csls_k,
+                          max_rank=config.lexicon_max_rank, build=config.lexicon_build)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def map_criterion(mapped: Tensor, target: Tensor, config: AlignConfig) -> float:
+    """The unsupervised model-selection criterion of mapped source rows ``V_s U`` against target rows: mean
+    cosine of the top ``criterion_max_size`` CSLS pairs (:func:`~xner_lib.lexicon.mean_cosine`)."""
+    return mean_cosine(mapped, target, "csls", config.csls_k, max_size=config.criterion_max_size,
+                       max_rank=config.criterion_max_size)
+
+
 @dataclass
 class AlignmentResult:
     """Outcome of :func:`align`.
@@ -343,16 +359,12 @@ class AdversarialAligner:
     @torch.no_grad()
     def build_lexicon(self) -> Tensor:
         """(P, 2) CSLS mutual-nearest-neighbour lexicon of the current map (refinement's dictionary)."""
-        c = self.config
-        return induce_lexicon(unit_rows(self.mapping(self.source)), unit_rows(self.target), "csls", c.csls_k,
-                              max_rank=c.lexicon_max_rank, build=c.lexicon_build)  # type: ignore[arg-type]
+        return map_lexicon(self.mapping(self.source), self.target, self.config)
 
     @torch.no_grad()
     def criterion(self) -> float:
         """Unsupervised model-selection criterion: mean cosine of the top CSLS translation pairs."""
-        c = self.config
-        return mean_cosine(self.mapping(self.source), self.target, "csls", c.csls_k,
-                           max_size=c.criterion_max_size, max_rank=c.criterion_max_size)
+        return map_criterion(self.mapping(self.source), self.target, self.config)
 
     @torch.no_grad()
     def discriminator_accuracy(self, batch_size: int = 4096) -> dict[str, float]:

@@ -34,10 +34,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .aligner import AlignConfig, AlignmentResult, preprocess
+from .aligner import AlignConfig, AlignmentResult, map_criterion, map_lexicon, preprocess
 from .data.sources import sha256_of
 from .files import write_atomic
-from .lexicon import induce_lexicon, mean_cosine, unit_rows
 from .rendering import Lexicon
 from .static_space import load_alignment
 
@@ -129,16 +128,12 @@ def forget_record(directory: str | Path) -> None:
 
 def reproduction(directory: str | Path, record: Mapping[str, Any], source: torch.Tensor, target: torch.Tensor,
                  source_words: Sequence[str], target_words: Sequence[str], config: AlignConfig) -> dict[str, Any]:
-    """What 02's stored map gives on the static spaces built now: the criterion of eq. 7's model selection
-    (:func:`~xner_lib.lexicon.mean_cosine`, as :meth:`~xner_lib.aligner.AdversarialAligner.criterion`) beside the
-    recorded one, and the CSLS lexicon it induces (as ``build_lexicon``) against ``lexicon.tsv``: pairs stored,
-    pairs now, pairs in both."""
+    """What 02's stored map gives on the static spaces built now: the aligner's model-selection criterion
+    (:func:`~xner_lib.aligner.map_criterion`) beside the recorded one, and the lexicon it induces
+    (:func:`~xner_lib.aligner.map_lexicon`) against ``lexicon.tsv``: pairs stored, pairs now, pairs in both."""
     res = stored_alignment(directory, record, source, target, source_words, target_words, config)
-    mapped = res.source @ res.mapping
-    criterion = mean_cosine(mapped, res.target, "csls", config.csls_k, max_size=config.criterion_max_size,
-                            max_rank=config.criterion_max_size)
-    now = induce_lexicon(unit_rows(mapped), unit_rows(res.target), "csls", config.csls_k,
-                         max_rank=config.lexicon_max_rank, build=config.lexicon_build)  # type: ignore[arg-type]
+    criterion = map_criterion(res.mapped_source, res.target, config)
+    now = map_lexicon(res.mapped_source, res.target, config)
     stored = set(map(tuple, res.lexicon.tolist()))
     return {"criterion_recorded": float(record["scores"]["criterion"]), "criterion_now": float(criterion),
             "lexicon_pairs_recorded": len(stored), "lexicon_pairs_now": len(now),
@@ -169,13 +164,14 @@ def adopt_record(directory: str | Path, inputs: Mapping[str, Any], sizes: Sequen
     if record is None or record.get("extra", {}).get("inputs") is not None:
         return None
     config = {k: v for k, v in record.get("config", {}).items() if k != "progress"}
+    align_config = AlignConfig(**inputs["align"])
     reasons = []
     same_encoder = record.get("extra", {}).get("encoder_identity") == inputs["encoder"]["identity"]
     if not same_encoder and spaces is None:
         reasons.append("encoder")
     if config != inputs["align"]:
         reasons.append("aligner settings")
-    missing = required_files(AlignConfig(**inputs["align"])) - set(file_checksums(root))
+    missing = required_files(align_config) - set(file_checksums(root))
     if missing:
         reasons.append(f"missing {sorted(missing)}")
     elif len(Lexicon.from_tsv(root / "lexicon.tsv").pairs) != record.get("scores", {}).get("lexicon_pairs"):
@@ -184,7 +180,7 @@ def adopt_record(directory: str | Path, inputs: Mapping[str, Any], sizes: Sequen
         reasons.append("static-space sizes")
     reproduced: dict[str, Any] | None = None
     if not reasons and not same_encoder and spaces is not None:
-        reproduced = reproduction(root, record, *spaces, AlignConfig(**inputs["align"]))
+        reproduced = reproduction(root, record, *spaces, align_config)
         if (abs(reproduced["criterion_now"] - reproduced["criterion_recorded"]) > ADOPT_CRITERION_TOLERANCE
                 or reproduced["lexicon_pairs_in_both"]
                 < ADOPT_LEXICON_AGREEMENT * reproduced["lexicon_pairs_recorded"]):
