@@ -118,7 +118,7 @@ def test_only_a_variant_with_the_baseline_step_is_profiled() -> None:
     params = load_profile("smoke")
     variants = resolve_variants(from_params(TrainConfig, params, "train_"), params["variants"])
     plain = {n for n, v in variants.items() if isinstance(v, TrainConfig) and plain_step(v)}
-    assert {"baseline", "freeze_lower"} <= plain
+    assert {"baseline", "freeze_lower", "checkpoint_average"} <= plain
     assert not plain & {"adv_att_pos", "without_transfer", "without_adversarial", "self_training", "translate_train"}
     assert BenchConfig(steps=5).profile_steps == 4 and BenchConfig().profile_steps == 10
 

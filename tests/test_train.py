@@ -179,3 +179,70 @@ def test_without_a_misc_class_misc_is_trained_and_selected_as_o() -> None:
     assert not any("MISC" in x for x in result.tagger.head.config.labels)
     assert result.label_counts["as_o:MISC"] == 16 and result.label_counts["entities"] == 32
     assert result.best_dev_f1 > 0.9  # selection ignores the MISC gold it cannot predict
+
+
+def test_accumulate_mean_is_the_uniform_mean_of_the_state_dicts() -> None:
+    from xner_lib.train import accumulate_mean
+
+    g = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(3, 4, generator=g), "b": torch.randn(2, generator=g).half(),
+               "n": torch.tensor(i)} for i in range(3)]
+    mean = None
+    for i, s in enumerate(states):
+        mean = accumulate_mean(mean, s, i)
+    assert mean is not None
+    torch.testing.assert_close(mean["w"], torch.stack([s["w"] for s in states]).mean(0))
+    torch.testing.assert_close(mean["b"], torch.stack([s["b"].float() for s in states]).mean(0))
+    assert mean["b"].dtype == torch.float32 and int(mean["n"]) == 2  # a non-floating entry keeps the latest
+    assert states[0]["w"] is not mean["w"]  # the first state dict is copied, not updated in place
+    with pytest.raises(ValueError, match="other models"):
+        accumulate_mean(mean, {"w": states[0]["w"]}, 3)
+    with pytest.raises(ValueError, match="no mean to update"):
+        accumulate_mean(None, states[0], 2)
+
+
+def test_checkpoint_averaging_keeps_the_mean_of_the_evaluations_from_its_epoch_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import xner_lib.train as train_module
+
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    prep = prepare(_toy(40, "en"), enc, frozen=False)  # 5 steps an epoch at batch 8: evaluations at 2, 5, 8, 10
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    real = train_module.accumulate_mean
+
+    def spy(mean, state, n):  # type: ignore[no-untyped-def]
+        seen[len(seen)] = {k: v.detach().clone().float() for k, v in state.items() if v.is_floating_point()}
+        return real(mean, state, n)
+
+    monkeypatch.setattr(train_module, "accumulate_mean", spy)
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=2, batch_size=8, evals_per_epoch=2, lr=1e-3,
+                      head_lr=1e-2, seed=1, average_from_epoch=1.0)
+    result = train(cfg, enc, prep, prep, progress=False)
+    assert result.averaged_steps == [5, 8, 10]  # the evaluations at epoch 1, 1.6 and 2
+    assert len(seen) == 3 and result.averaged_dev_f1 is not None
+    state = result.tagger.state_dict()
+    for k in seen[0]:
+        torch.testing.assert_close(state[k].float(), torch.stack([seen[i][k] for i in range(3)]).mean(0))
+    moved = [k for k in seen[0] if not torch.equal(seen[0][k], seen[2][k])]
+    assert moved  # the weights moved between the evaluations, so the mean is none of them
+    assert result.selected is not None and result.selected[0] == result.best_step
+    assert any(not torch.equal(result.selected[1][k].float(), state[k].float()) for k in moved)
+    with pytest.raises(ValueError, match="average_from_epoch"):
+        TrainConfig(epochs=2, average_from_epoch=3.0)
+
+
+def test_checkpoint_averaging_before_its_epoch_keeps_the_last_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xner_lib.train as train_module
+
+    torch.set_num_threads(1)
+    enc = load_encoder("tiny-random-bert")
+    prep = prepare(_toy(40, "en"), enc, frozen=False)
+    scores = iter([0.9, 0.5, 0.5, 0.5])  # no new best after the first (step 2): patience 2 stops at step 8
+    monkeypatch.setattr(train_module, "score", lambda gold, pred: {"strict": {"f1": next(scores)},
+                                                                    "conlleval": {"f1": 0.0}})
+    cfg = TrainConfig(encoder="tiny-random-bert", epochs=3, batch_size=8, evals_per_epoch=2, patience=2, seed=1,
+                      average_from_epoch=2.0)
+    result = train(cfg, enc, prep, prep, progress=False)
+    assert result.stopped_early and len(result.history) == 8  # epoch 1.6, before average_from_epoch 2
+    assert result.averaged_steps == [8] and result.best_step == 2 and result.averaged_dev_f1 == 0.5

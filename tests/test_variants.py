@@ -34,7 +34,7 @@ from xner_lib.train import KEY_NEUTRAL, TrainConfig, key_config, train
 REPO = Path(__file__).resolve().parents[1]
 PAPER_VARIANTS = ("baseline", "adv_att", "adv_att_pos", "without_attention", "without_position",
                   "without_transfer", "without_adversarial", "u_from_alignment", "self_training", "self_training_vote",
-                  "freeze_lower", "translate_train")
+                  "freeze_lower", "translate_train", "checkpoint_average")
 
 
 def _profile(name: str) -> dict:
@@ -85,6 +85,14 @@ def test_every_variant_of_the_smoke_profile_trains_scores_and_records_its_stream
     # a string block shares the runs of the variant it names
     assert by["without_position"]["extra"]["same_as"] == "adv_att"
     assert by["without_position"]["scores"] == by["adv_att"]["scores"]
+    # checkpoint averaging: scored with its mean weights, the evaluation best beside them ("selected"); at the
+    # smoke settings (one evaluation, at the last step) the mean is of that one evaluation
+    ca = by["checkpoint_average"]["extra"]
+    assert ca["averaged_steps"] == [ca["steps"]] and ca["averaged_dev_f1"] == by["checkpoint_average"]["scores"][
+        "conll_dev"]["conll"]["strict"]["f1"]
+    assert set(ca["variant_scores"]["selected"]) == set(by["checkpoint_average"]["scores"])
+    assert "averaged_steps" not in by["baseline"]["extra"]
+    assert "selected" not in by["baseline"]["extra"]["variant_scores"]
     # U started from 02's map: keyed by the map's checksum
     assert "mapping" in by["u_from_alignment"]["extra"]["run_key_parts"]["inputs"]
     # different models, different numbers: the full model is not the baseline under another name

@@ -319,7 +319,9 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
     training curves, the seconds each stage took and, under ``extra``, ``run_key`` and ``run_key_parts``
     (:func:`run_key_parts`), the decoding variants (:func:`evaluate_tagger`) and, with ``snapshot_epoch``,
     the scores of the same run's weights at that epoch (variant ``epoch<snapshot_epoch>``, e.g. ``epoch1``:
-    what stopping there gives).
+    what stopping there gives). A run with ``cfg.average_from_epoch`` (checkpoint averaging) is scored with its
+    averaged weights, and its evaluation best under variant ``selected``; ``extra`` names the steps averaged
+    (``averaged_steps``) and the average's CoNLL-dev F1 (``averaged_dev_f1``; ``best_dev_f1`` stays the best's).
 
     ``streams``: what the paper's variants read besides the corpora (:class:`Streams`: the teacher, the
     rendered pairs, the unlabelled Chinese, the initial map); its ``inputs`` join the run key. ``complete``
@@ -392,6 +394,12 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
                                                    batch_size=cfg.eval_batch_size, progress=progress, alt_units=False)
         variant_scores[f"epoch{snapshot_epoch:g}"] = snap
         seconds["predict_snapshot"] = sum(snap_seconds.values())
+    if result.selected is not None:  # checkpoint averaging: the evaluation best it replaced, scored beside it
+        result.tagger.load_state_dict(result.selected[1])
+        sel, _, _, sel_seconds = evaluate_tagger(result.tagger, corpora, decode, variants={},
+                                                 batch_size=cfg.eval_batch_size, progress=progress, alt_units=False)
+        variant_scores["selected"] = sel
+        seconds["predict_selected"] = sum(sel_seconds.values())
     sizes = {k: v["sentences"] for k, v in parts["data"].items()}
     extra = {
         "run_key": key, "run_key_parts": parts, "sizes": sizes, "best_step": result.best_step,
@@ -403,6 +411,8 @@ def run_or_load(variant: str, cfg: TrainConfig, encoder_factory: Callable[[], En
         "link_firings": firings, "stopped_early": result.stopped_early, "label_counts": result.label_counts,
         "steps": len(result.history), "snapshot_step": result.snapshot[0] if result.snapshot else None,
         "device": result.device,
+        **({"averaged_steps": result.averaged_steps, "averaged_dev_f1": result.averaged_dev_f1}
+           if cfg.average_from_epoch is not None else {}),
         **({"streams": streams.summary} if streams.summary else {}),
         **({"rerun_of": rerun_record(previous, scores, run_dir.name)} if previous is not None else {}),
     }

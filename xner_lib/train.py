@@ -23,6 +23,11 @@ CPU (the default) nothing moves and nothing is cast: the steps are bitwise those
 Model selection uses CoNLL-2003 dev only (strict F1, a few evaluations per epoch); no Chinese label is ever
 seen. The baseline (no attention, no adversarial, no transfer) takes exactly the steps it took before the
 streams existed (a test compares).
+
+Checkpoint averaging (issue 13, beyond the paper; Schmidt et al. 2023, "Free Lunch: Robust Cross-Lingual Transfer
+via Model Checkpoint Averaging"): with ``TrainConfig.average_from_epoch`` the run keeps the uniform mean of its
+weights at every CoNLL-dev evaluation from that epoch on instead of the evaluation best on CoNLL dev
+(:func:`accumulate_mean`); the selected best is kept aside so the same run can be scored both ways.
 """
 
 from __future__ import annotations
@@ -102,6 +107,8 @@ class TrainConfig:
     teacher run as a stream of pseudo-labelled sentences; ``translate_train``
     (:class:`~xner_lib.objectives.TranslateTrainConfig`, issue 13) CoNLL rendered into Chinese through the
     lexicon with projected labels; each off when empty.
+    ``average_from_epoch`` (issue 13): the run's weights are the mean of its weights at every CoNLL-dev
+    evaluation from that epoch on (checkpoint averaging; None: off, the evaluation best is kept).
 
     Device (issue 16; :mod:`~xner_lib.device`): ``device`` is ``cpu`` (the default: every run before it was made
     on the CPU), ``auto`` (a CUDA GPU when there is one), ``cuda`` or ``cuda:N``; ``precision`` is ``auto``
@@ -133,6 +140,7 @@ class TrainConfig:
     few_shot: dict[str, Any] = field(default_factory=dict)
     self_training: dict[str, Any] = field(default_factory=dict)
     translate_train: dict[str, Any] = field(default_factory=dict)
+    average_from_epoch: float | None = None
     device: str = "cpu"
     precision: str = "auto"
 
@@ -157,6 +165,9 @@ class TrainConfig:
             raise ValueError("head.teacher_dim comes from the teacher (the transfer section); do not set it")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be a positive number of evaluations or None, got {self.patience}")
+        if self.average_from_epoch is not None and not 0 <= self.average_from_epoch <= self.epochs:
+            raise ValueError(f"average_from_epoch must lie between 0 and epochs ({self.epochs}) or be None, got "
+                             f"{self.average_from_epoch}")
 
 
     @property
@@ -192,7 +203,7 @@ class TrainConfig:
 #: ``device: cpu`` and ``precision: auto`` are how every run was made before those fields existed (issue 16).
 KEY_NEUTRAL: dict[str, Any] = {"adversarial": {}, "transfer": {}, "few_shot": {}, "self_training": {},
                                "translate_train": {}, "device": "cpu", "precision": "auto",
-                               "freeze_embedding_layer": False}
+                               "freeze_embedding_layer": False, "average_from_epoch": None}
 
 
 def key_config(cfg: TrainConfig) -> dict[str, Any]:
@@ -222,6 +233,11 @@ class TrainResult:
     snapshot: tuple[int, dict[str, Tensor]] | None = None
     #: where the run computed (:func:`~xner_lib.device.describe_device`), for ``metrics.json``
     device: dict[str, Any] = field(default_factory=dict)
+    #: with ``average_from_epoch``: the steps whose weights ``tagger`` averages, their CoNLL-dev strict F1, and
+    #: (step, state dict) of the evaluation best, which the average replaces (scored beside it)
+    averaged_steps: list[int] = field(default_factory=list)
+    averaged_dev_f1: float | None = None
+    selected: tuple[int, dict[str, Tensor]] | None = None
 
 
 def model_labels(cfg: TrainConfig) -> tuple[str, ...]:
@@ -263,6 +279,26 @@ def optimizer_step(opt: torch.optim.Optimizer, sched: Any, amp: Any, trainable: 
     torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
     amp.step(opt)
     sched.step()
+
+
+@torch.no_grad()
+def accumulate_mean(mean: dict[str, Tensor] | None, state: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    """The running uniform mean of ``n + 1`` state dicts: ``mean`` of the first ``n`` (None when ``n`` is 0)
+    updated in place with ``state``, ``mean + (state - mean) / (n + 1)``, in float32 in host memory; a
+    non-floating entry keeps the latest value. Checkpoint averaging (Schmidt et al. 2023)."""
+    if mean is None:
+        if n != 0:
+            raise ValueError(f"no mean to update, but {n} state dicts are said to be in it")
+        return {k: v.detach().to("cpu", torch.float32, copy=True) if v.is_floating_point() else cpu_copy(v)
+                for k, v in state.items()}
+    if set(mean) != set(state):
+        raise ValueError(f"state dicts of other models: {sorted(set(mean) ^ set(state))[:5]}")
+    for k, v in state.items():
+        if v.is_floating_point():
+            mean[k].add_(v.detach().to("cpu", torch.float32).sub(mean[k]), alpha=1.0 / (n + 1))
+        else:
+            mean[k] = cpu_copy(v)
+    return mean
 
 
 def _cycle(lengths: Sequence[int], batch_size: int, rng: random.Random) -> Iterator[list[int]]:
@@ -405,6 +441,8 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     step = 0
     since_best = 0  # evaluations since the last new best
     snapshot: tuple[int, dict[str, Tensor]] | None = None
+    average: dict[str, Tensor] | None = None  # checkpoint averaging: the running mean and the steps in it
+    averaged_steps: list[int] = []
     stopped_early = False
     bar = progress_bar(total=total, desc=f"train seed {cfg.seed}", unit="steps", disable=not progress)
     tagger.train()
@@ -466,6 +504,9 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
                     # the best up to snapshot_epoch (best[2] is never mutated), or this first evaluation
                     snapshot = (best[1], best[2]) if best[2] is not None else (
                         step, {k: cpu_copy(v) for k, v in tagger.state_dict().items()})
+                if cfg.average_from_epoch is not None and evaluation["epoch"] >= cfg.average_from_epoch - 1e-9:
+                    average = accumulate_mean(average, tagger.state_dict(), len(averaged_steps))
+                    averaged_steps.append(step)
                 if evaluation["dev_f1"] > best[0]:  # weights kept aside in host memory, not on the GPU
                     best = (evaluation["dev_f1"], step, {k: cpu_copy(v) for k, v in tagger.state_dict().items()})
                     since_best = 0
@@ -476,8 +517,22 @@ def train(cfg: TrainConfig, encoder: Encoder, train_data: Prepared, dev_data: Pr
     assert best[2] is not None
     if snapshot_epoch is not None and snapshot is None:  # the run ended before passing snapshot_epoch
         snapshot = (best[1], best[2])
-    tagger.load_state_dict(best[2])
+    averaged_dev_f1: float | None = None
+    selected: tuple[int, dict[str, Tensor]] | None = None
+    if cfg.average_from_epoch is not None:
+        if average is None:  # stopped (patience) before average_from_epoch: the weights of its last evaluation
+            average, averaged_steps = accumulate_mean(None, tagger.state_dict(), 0), [step]
+        selected = (best[1], best[2])
+        tagger.load_state_dict(average)
+        if tagger.mapping is not None:  # a mean of orthogonal maps is not one: snapped back (eq. 3)
+            project_orthogonal_(tagger.mapping.U)
+        tagger.eval()
+        dev = score(gold_dev, predict(tagger, dev_data, cfg.eval_batch_size, progress=False))
+        averaged_dev_f1 = dev["strict"]["f1"]
+    else:
+        tagger.load_state_dict(best[2])
     tagger.eval()
     return TrainResult(tagger, history, dev_history, best[1], best[0], time.perf_counter() - start,
                        stopped_early=stopped_early, label_counts=dict(label_counts), snapshot=snapshot,
-                       device=describe_device(device, amp, cfg.device))
+                       device=describe_device(device, amp, cfg.device), averaged_steps=averaged_steps,
+                       averaged_dev_f1=averaged_dev_f1, selected=selected)
