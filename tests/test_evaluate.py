@@ -201,6 +201,24 @@ def test_paired_interval_and_change_table_against_a_hand_computation():
     assert verdict(*parse_interval("none (one pair)")) == "no interval"
 
 
+def test_own_selection_table_pairs_the_average_with_the_evaluation_best_of_the_same_runs():
+    from xner_lib.report import own_selection_table
+
+    def run(variant, seed, pd, selected=None):
+        sc = {"peoples_daily_test": {"peoples_daily": {"strict": {"f1": pd}}}}
+        vs = {"selected": {"peoples_daily_test": {"peoples_daily": {"strict": {"f1": selected}}}}} if selected else {}
+        return {"variant": variant, "seed": seed, "scores": sc, "extra": {"variant_scores": vs}}
+
+    metrics = [run("baseline", 1, 0.9), run("avg", 1, 0.50, 0.47), run("avg", 2, 0.54, 0.55)]
+    t = own_selection_table(metrics, {"avg": "Checkpoint average"}).set_index("change")
+    assert t.index.tolist() == ["Checkpoint average: average", "Checkpoint average: evaluation best"]
+    assert t.loc["Checkpoint average: average", "People's Daily F1"] == pytest.approx(0.52)
+    assert t.loc["Checkpoint average: evaluation best", "People's Daily F1"] == pytest.approx(0.51)
+    assert t.loc["Checkpoint average: evaluation best", "People's Daily diff"] == pytest.approx(-0.01)  # (-.03+.01)/2
+    assert t.loc["Checkpoint average: evaluation best", "seeds"] == "1 2"
+    assert own_selection_table(metrics[:1], {}).empty  # no run scores its evaluation best beside an average
+
+
 def test_selection_table_picks_a_candidate_only_beyond_the_baselines_seed_noise():
     from xner_lib.report import selection_table
 

@@ -221,6 +221,26 @@ BEYOND_SETS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def own_selection_table(metrics: Iterable[dict], labels: Mapping[str, str],
+                        sets: Sequence[tuple[str, str, str]] = BEYOND_SETS) -> pd.DataFrame:
+    """Checkpoint averaging against its own runs' evaluation best (issue 13): for each variant whose runs score
+    their evaluation best beside their averaged weights (``extra.variant_scores.selected``, see
+    ``TrainConfig.average_from_epoch``), its :func:`change_table` with the average as the reference and the
+    evaluation best of the same runs as the change (so a difference is the best minus the average, paired on
+    one trajectory). ``labels`` names the variants (variant -> row label, e.g. the beyond table's rows
+    inverted); the table's ``change`` column reads ``"<label>: average"`` and ``"<label>: evaluation best"``.
+    Empty when no run holds the scores."""
+    metrics = list(metrics)
+    tables = []
+    for variant in dict.fromkeys(m["variant"] for m in metrics
+                                 if "selected" in m.get("extra", {}).get("variant_scores", {})):
+        t = change_table(metrics, variant, {"evaluation best": ("decode", "selected")}, sets)
+        label = labels.get(variant, variant)
+        t["change"] = [f"{label}: average" if c == "reference" else f"{label}: {c}" for c in t["change"]]
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["change", "seeds"])
+
+
 def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean of paired per-seed differences and its two-sided ``level`` t-interval (nan bounds with one seed)."""
     from scipy import stats

@@ -37,6 +37,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "table3": ("Table 3: benchmark models, zero-shot", "04_ablation"),
     "few_shot": ("Beyond the paper: labelled Chinese sentences added (few-shot)", "04_ablation"),
     "beyond": ("Beyond the paper: levers on zero-shot F1, each paired against the baseline", "04_ablation"),
+    "beyond_selected": ("Beyond the paper: checkpoint averaging against its own runs' evaluation best",
+                        "04_ablation"),
     "errors_by_type": ("Errors by type over the Chinese test sets (one seed)", "05_case_study"),
     "errors_by_length": ("Recall and precision by entity length, Chinese test sets (one seed)", "05_case_study"),
 }
@@ -50,7 +52,8 @@ COMPUTE: dict[str, tuple[str, ...]] = {
     "Table 5, shared protocol (04)": (rf"{_SHARED}(?!.*{_FEW_SHOT}).+",),
     "Table 3, static rows (04)": (r"feature_crf", r"static_bilstm_crf"),
     "Few-shot curve (04)": (rf"({_SHARED})?[a-z_]+{_FEW_SHOT}",),
-    "Beyond the paper (04)": (r"self_training", r"self_training_vote", r"freeze_lower", r"translate_train"),
+    "Beyond the paper (04)": (r"self_training", r"self_training_vote", r"freeze_lower", r"translate_train",
+                              r"checkpoint_average"),
     "Learning rates chosen on CoNLL dev (03)": (r"lr_.+",),
 }
 #: the row of :func:`compute_table` for runs no group of :data:`COMPUTE` claims (so no run's minutes go unshown)
@@ -272,6 +275,8 @@ def render(g: Gathered, profile: str) -> str:
         reading += paired_readings(g.tables["table5"], "model", ("joint", "shared"))
     if "beyond" in g.tables:
         reading += paired_readings(g.tables["beyond"], "change")
+    if "beyond_selected" in g.tables:
+        reading += paired_readings(g.tables["beyond_selected"], "change")
     lines += [f"- {r}" for r in reading] or ["- No table with results yet."]
     lines += ["", "A paired difference is a gain or a loss only when its whole 95% t-interval over seeds lies on one "
               "side of zero."]
