@@ -169,6 +169,10 @@ def test_04_ablation_smoke_writes_table5_under_both_protocols(tmp_path: Path, da
                                      "Translate-train (lexicon)", "Checkpoint average (epochs 0.5-1)"]
     assert beyond["Weibo (NAM+NOM) F1"].notna().all() and beyond["People's Daily diff"].notna().tolist() == [
         False, True, True, True, True, True, True]
+    own = pd.read_csv(res / "tables" / "beyond_selected.csv")  # the averaged runs against their own evaluation best
+    assert own.change.tolist() == ["Checkpoint average (epochs 0.5-1): average",
+                                   "Checkpoint average (epochs 0.5-1): evaluation best"]
+    assert own["People's Daily F1"].notna().all() and own["People's Daily diff"].notna().tolist() == [False, True]
     assert (res / "runs" / "self_training-seed1" / "metrics.json").is_file()
     assert (res / "runs" / "self_training_vote-seed1" / "metrics.json").is_file()
 
